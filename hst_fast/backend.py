@@ -1,0 +1,85 @@
+"""The kernel-backend switch: which implementation of each fused op a model runs.
+
+``resolve_ops(name)`` is called once, where a model is built; modules keep the returned
+``KernelOps`` and call its functions, so no forward branches on the backend.
+
+- ``'torch'``: the pure-PyTorch references (``hst_fast.kernels.reference``).
+- ``'triton'``: the fused Triton kernels for every call. On CPU tensors they run under Triton's
+  interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before ``hst_fast.kernels``
+  is first imported (tests do this).
+- ``'auto'``: Triton on CUDA tensors, the reference elsewhere and for inputs a kernel does not
+  handle (each kernel raises ``UnsupportedInput`` for those before doing any work).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from hst_fast.kernels import reference
+
+BACKENDS = ("auto", "triton", "torch")
+OP_NAMES = ("layer_norm", "side_attention", "side_ffn", "fg_injection")
+
+
+@dataclass(frozen=True)
+class KernelOps:
+    """One implementation of each fused op; signatures as in ``hst_fast.kernels.reference``."""
+
+    name: str
+    layer_norm: Callable[..., torch.Tensor]
+    side_attention: Callable[..., torch.Tensor]
+    side_ffn: Callable[..., torch.Tensor]
+    fg_injection: Callable[..., torch.Tensor]
+
+
+def reference_ops() -> KernelOps:
+    return KernelOps("torch", **{op: getattr(reference, f"{op}_reference") for op in OP_NAMES})
+
+
+def triton_ops() -> KernelOps:
+    """The Triton kernels (imported here, lazily, so ``import hst_fast`` never imports Triton)."""
+    from hst_fast.kernels import fg_injection, layer_norm, side_attention, side_ffn
+
+    return KernelOps(
+        "triton",
+        layer_norm=layer_norm.layer_norm,
+        side_attention=side_attention.side_attention,
+        side_ffn=side_ffn.side_ffn,
+        fg_injection=fg_injection.fg_injection,
+    )
+
+
+def _auto(kernel: Callable[..., torch.Tensor], fallback: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Runs ``kernel`` on CUDA inputs it supports, ``fallback`` otherwise."""
+    from hst_fast.kernels._compat import UnsupportedInput
+
+    def dispatch(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if x.is_cuda:
+            try:
+                return kernel(x, *args, **kwargs)
+            except UnsupportedInput:
+                pass
+        return fallback(x, *args, **kwargs)
+
+    dispatch.__name__ = f"auto_{kernel.__name__}"
+    return dispatch
+
+
+def resolve_ops(backend: str) -> KernelOps:
+    """Returns the ops for ``backend`` ('auto' | 'triton' | 'torch'); raises on anything else."""
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel_backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return reference_ops()
+    if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "kernel_backend='triton' without a CUDA device runs Triton's interpreter: set TRITON_INTERPRET=1 "
+            "in the environment before importing hst_fast, or use kernel_backend='torch'/'auto'."
+        )
+    kernels, refs = triton_ops(), reference_ops()
+    if backend == "triton":
+        return kernels
+    return KernelOps("auto", **{op: _auto(getattr(kernels, op), getattr(refs, op)) for op in OP_NAMES})

@@ -1,0 +1,26 @@
+"""Installs ``hst_fast``; the top-level ``kernels/`` folder becomes ``hst_fast.kernels``.
+
+There is deliberately no top-level ``kernels`` package: another registry package owns that name.
+"""
+from setuptools import setup
+
+PACKAGES = ["hst_fast", "hst_fast.models", "hst_fast.kernels"]
+PACKAGE_DIR = {"hst_fast": "hst_fast", "hst_fast.kernels": "kernels"}
+
+setup(
+    name="hst_fast",
+    version="0.1.0",
+    description="Hierarchical Side-Tuning (HST) for Vision Transformers, with fused Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    install_requires=["torch>=2.11", "timm>=1.0", "safetensors>=0.4", "numpy"],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        "det": ["mmengine==0.10.7", "mmdet==3.3.0", "mmcv>=2.0.0rc4,<2.2.0"],
+        "xformers": ["xformers"],
+    },
+)
