@@ -5,7 +5,9 @@ themselves. Feature detection only, never version strings.
 """
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Sequence
 
 import torch
@@ -47,3 +49,57 @@ def check_tensors(op: str, *tensors: torch.Tensor) -> None:
             raise UnsupportedInput(f"{op}: non-contiguous input of shape {tuple(t.shape)}; call .contiguous()")
     if not first.is_cuda and not INTERPRET:
         raise UnsupportedInput(f"{op}: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before import)")
+
+
+# --- Matrix products and launch sizes (appended for layer_norm / side_ffn) --------------------------------------
+
+__all__ += ["dot_dtype", "dot_precision", "prune_by_registers", "sm_count"]
+
+
+def dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """What kernels cast ``tl.dot`` operands to for inputs of ``dtype`` (pass it as a ``tl.constexpr``).
+
+    The input's own dtype on a GPU. float32 under the interpreter: it runs ``tl.dot`` through numpy, which has no
+    bfloat16, and returns garbage for bf16 operands (values off by ~1e10); casting costs nothing there.
+    """
+    return tl.float32 if INTERPRET else TORCH_TO_TL[dtype]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot(..., input_precision=...)`` for inputs of ``dtype`` (pass it as a ``tl.constexpr``).
+
+    fp32 inputs get ``'ieee'`` unless PyTorch itself allows TF32 matmuls, so an fp32 kernel matches ``F.linear``
+    (Triton's default for fp32 dots is TF32). Ignored for 16-bit operands.
+    """
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``, to size persistent grids; 4 for CPU tensors (interpreter), so
+    small test inputs still spread over several programs."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def prune_by_registers(limit: int, tiles: Callable[[dict], Sequence[int]]) -> Callable:
+    """An ``early_config_prune`` for ``@triton.autotune``: drops configs where any register tile (element counts
+    from ``tiles(meta)``, meta = kernel arguments + config kwargs) exceeds ``limit`` 32-bit values per thread;
+    keeps the smallest config if all would exceed it."""
+
+    def prune(configs, named_args, **kwargs):
+        def cost(config) -> float:
+            meta = {**named_args, **kwargs, **config.kwargs}
+            return max(tiles(meta)) / (config.num_warps * 32)
+
+        kept = [config for config in configs if cost(config) <= limit]
+        return kept or [min(configs, key=cost)]
+
+    return prune
