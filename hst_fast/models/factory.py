@@ -1,0 +1,84 @@
+"""``create_model``: an HST around any timm ViT, with local-only pretrained loading."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import timm
+import torch.nn as nn
+from timm.models import load_pretrained
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from hst_fast.backend import resolve_ops
+from hst_fast.models.config import HSTConfig
+from hst_fast.models.hst import HST
+
+PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".npz", ".safetensors")
+
+
+def create_model(
+    vit_name: str,
+    task: str = "cls",
+    num_classes: Optional[int] = None,
+    pretrained: Optional[str] = None,
+    kernel_backend: str = "auto",
+    **overrides: Any,
+) -> HST:
+    """Builds an HST model.
+
+    vit_name: any timm ViT (``vit_base_patch16_224``, ...); task: 'cls' | 'det' (HST.md §4 preset);
+    num_classes: head size (default 1000 for 'cls', 0 = no head for 'det'); pretrained: a local
+    ViT checkpoint (.pth/.npz/.safetensors) loaded through timm, never downloaded;
+    kernel_backend: 'auto' | 'triton' | 'torch' (``hst_fast.backend``);
+    overrides: ``side_dims``, ``side_heads``, ``num_meta_tokens``, ``block_indices``,
+    ``drop_path_rate``; anything else (``embed_dim``, ``depth``, ``img_size``...) goes to timm.
+    """
+    config = HSTConfig.from_task(vit_name, task, num_classes, **overrides)
+    ops = resolve_ops(kernel_backend)
+    vit = build_vit(config, pretrained)
+    return HST(vit, config, ops)
+
+
+def build_vit(config: HSTConfig, pretrained: Optional[str] = None) -> VisionTransformer:
+    """The timm ViT of ``config``, without head, accepting any input size; weights from ``pretrained``."""
+    if config.vit_name not in timm.list_models():
+        raise ValueError(f"unknown timm model {config.vit_name!r}")
+    kwargs = dict(config.timm_kwargs)
+    kwargs.setdefault("drop_path_rate", config.drop_path_rate)  # the released code drops paths in ViT blocks too
+    vit = timm.create_model(config.vit_name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"{config.vit_name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+    if pretrained is not None:
+        load_local_pretrained(vit, pretrained)
+    return vit
+
+
+def load_local_pretrained(vit: VisionTransformer, path: str) -> None:
+    """Loads a local ViT checkpoint through timm's ``load_pretrained`` (file override, no hub).
+
+    The classifier head is dropped (HST has its own); any other missing or unexpected key is an error.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained ViT checkpoint not found: {path}")
+    if not path.endswith(PRETRAINED_SUFFIXES):
+        raise ValueError(f"pretrained checkpoint {path} must end with one of {PRETRAINED_SUFFIXES}")
+    cfg = dict(vit.pretrained_cfg)
+    cfg.update(file=path, source="", state_dict=None, hf_hub_id=None, url="", custom_load=path.endswith(".npz"))
+    mismatch = {}
+
+    def record(module: nn.Module, incompatible) -> None:
+        mismatch["missing"] = list(incompatible.missing_keys)
+        mismatch["unexpected"] = [k for k in incompatible.unexpected_keys if not k.startswith("head.")]
+
+    handle = vit.register_load_state_dict_post_hook(record)
+    try:
+        load_pretrained(vit, pretrained_cfg=cfg, num_classes=0, in_chans=vit.patch_embed.proj.in_channels,
+                        filter_fn=checkpoint_filter_fn)
+    finally:
+        handle.remove()
+    if mismatch.get("missing") or mismatch.get("unexpected"):
+        raise KeyError(
+            f"pretrained checkpoint {path} does not match {type(vit).__name__}: "
+            f"missing keys {mismatch['missing']}, unexpected keys {mismatch['unexpected']}"
+        )

@@ -1,0 +1,182 @@
+"""The HST model (HST.md): a frozen timm ViT with meta tokens and LN-tuning, plus the side network."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from hst_fast.backend import KernelOps
+from hst_fast.models import official
+from hst_fast.models.config import HSTConfig
+from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
+
+STRIDE = 32  # the coarsest side stage runs at H/32 x W/32
+
+
+class HST(nn.Module):
+    """Hierarchical Side-Tuning around a timm ``VisionTransformer``.
+
+    ``forward(images)`` returns logits [B, num_classes] (the BatchNorm-normalized pooled
+    stage-4 feature when num_classes is 0); ``forward_features(images)`` returns the four stage
+    maps [B, d_s, H/2^(s+1), W/2^(s+1)].
+    """
+
+    def __init__(self, vit: VisionTransformer, config: HSTConfig, ops: KernelOps):
+        """vit: a timm ViT with a class token (its final norm and head are unused);
+        config: architecture; ops: the kernel backend (``hst_fast.backend.resolve_ops``)."""
+        super().__init__()
+        if vit.cls_token is None or vit.num_reg_tokens or getattr(vit, "no_embed_class", False):
+            raise ValueError("HST needs a ViT with a class token, no register tokens and pos-embedded class token")
+        self.config = config
+        self.ops = ops
+        self.vit = vit
+        self.stage_blocks = config.stage_blocks(len(vit.blocks))
+        self.patch_size = vit.patch_embed.patch_size
+        embed_dim = vit.embed_dim
+        for block in vit.blocks:  # LN-tuning: same parameters, run through the chosen kernel backend
+            block.norm1 = _as_ops_layer_norm(block.norm1, ops)
+            block.norm2 = _as_ops_layer_norm(block.norm2, ops)
+        self.meta_tokens = nn.ParameterList(
+            [nn.Parameter(_xavier_meta(config.num_meta_tokens, embed_dim)) for _ in vit.blocks]
+        )
+        self.side_stages = build_side_stages(
+            embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
+            config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
+        )
+        self.head_norm = nn.BatchNorm1d(config.side_dims[-1], affine=False, eps=1e-6)
+        self.head = nn.Linear(config.side_dims[-1], config.num_classes) if config.num_classes else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        self.freeze()
+
+    # ----------------------------------------------------------------------------- freezing
+    def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms, head."""
+        for name, param in self.named_parameters():
+            if _is_trainable(name):
+                yield name, param
+
+    def freeze(self) -> None:
+        """Sets ``requires_grad`` from the trainable set; the one place freezing is decided."""
+        trainable = {name for name, _ in self.trainable_named_parameters()}
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def train(self, mode: bool = True) -> "HST":
+        super().train(mode)
+        self.freeze()
+        return self
+
+    def print_trainable_parameters(self) -> None:
+        """Prints PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def official_names(self) -> Dict[str, str]:
+        """{state-dict key: released-code key} for every tensor."""
+        return official.to_official_names(self)
+
+    def official_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The model's tensors under the released code's names (``hst_fast.models.official``)."""
+        return official.official_state_dict(self)
+
+    def load_official_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        """Loads a released-code state dict strictly, naming every mismatched key."""
+        official.load_official_state_dict(self, state_dict)
+
+    def save_adapter(self, directory: str) -> None:
+        """Writes only what this task trains (``hst_fast.adapter.save_adapter``)."""
+        from hst_fast.adapter import save_adapter
+
+        save_adapter(self, directory)
+
+    # ----------------------------------------------------------------------------- forward
+    def check_input(self, images: torch.Tensor) -> None:
+        """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32."""
+        in_chans = self.vit.patch_embed.proj.in_channels
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"HST expects images of shape [B, {in_chans}, H, W], got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"HST expects floating-point images, got {images.dtype}")
+        height, width = images.shape[-2:]
+        multiple = max(STRIDE, *self.patch_size)
+        if height % multiple or width % multiple or height % self.patch_size[0] or width % self.patch_size[1]:
+            raise ValueError(
+                f"image size {height}x{width} is not supported: height and width must be multiples of {STRIDE} "
+                f"(the side network's coarsest stride) and of the ViT patch size {self.patch_size}"
+            )
+
+    def forward_stage_tokens(self, images: torch.Tensor) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
+        """Runs ViT and side network; returns per stage ([B, H_s*W_s, d_s] tokens, (H_s, W_s)).
+
+        Each ViT block's meta output and patch features go to its side block as soon as they exist.
+        """
+        self.check_input(images)
+        tokens, vit_hw = self._vit_embed(images)
+        outputs, side_map = [], images
+        for stage, block_ids in zip(self.side_stages, self.stage_blocks):
+            x, hw = stage.embed(side_map)
+            for index, block_id in enumerate(block_ids):
+                tokens, meta, patches = self._vit_block(block_id, tokens, vit_hw)
+                x = stage.step(index, x, hw, meta, patches)
+            x = stage.finish(x)
+            outputs.append((x, hw))
+            side_map = tokens_to_map(x, hw)
+        return outputs
+
+    def forward_features(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """[B, 3, H, W] -> four stage maps [B, d_s, H/2^(s+1), W/2^(s+1)]."""
+        return [tokens_to_map(x, hw) for x, hw in self.forward_stage_tokens(images)]
+
+    def forward_head(self, last_stage_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, N, d_4] -> mean over tokens -> BatchNorm1d -> head: [B, num_classes] (or [B, d_4])."""
+        return self.head(self.head_norm(last_stage_tokens.mean(dim=1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_stage_tokens(images)[-1][0])
+
+    def _vit_embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch embedding, class token and (resampled) position embedding: [B, 1 + Hv*Wv, D]."""
+        vit = self.vit
+        patches = vit.patch_embed(images)  # [B, Hv, Wv, D] (timm dynamic_img_size)
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(patches)))
+        return tokens, (patches.shape[1], patches.shape[2])
+
+    def _vit_block(
+        self, block_id: int, tokens: torch.Tensor, vit_hw: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ViT block ``block_id`` on [m_k, cls, patches]; returns (trunk [B, 1+Hv*Wv, D],
+        meta output [B, G, D], patch features [B, Hv, Wv, D])."""
+        num_meta = self.config.num_meta_tokens
+        meta = self.meta_tokens[block_id].expand(tokens.shape[0], -1, -1)
+        out = self.vit.blocks[block_id](torch.cat([meta, tokens], dim=1))
+        patches = out[:, num_meta + 1:].unflatten(1, vit_hw)
+        return out[:, num_meta:], out[:, :num_meta], patches
+
+
+def _is_trainable(name: str) -> bool:
+    if name.startswith(("side_stages.", "meta_tokens.", "head.")):
+        return True
+    return name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
+
+
+def _as_ops_layer_norm(norm: nn.LayerNorm, ops: KernelOps) -> OpsLayerNorm:
+    """An ``OpsLayerNorm`` that takes over ``norm``'s parameters (state-dict names unchanged)."""
+    if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
+        raise ValueError(f"LN-tuning needs affine nn.LayerNorm in every ViT block, found {type(norm).__name__}")
+    replacement = OpsLayerNorm(norm.normalized_shape[0], norm.eps, ops)
+    replacement.weight, replacement.bias = norm.weight, norm.bias
+    return replacement
+
+
+def _xavier_meta(num_tokens: int, dim: int) -> torch.Tensor:
+    """A [G, D] meta-token tensor, xavier-uniform with the fans of the released [1, G, D] layout."""
+    tensor = torch.empty(1, num_tokens, dim)
+    nn.init.xavier_uniform_(tensor)
+    return tensor[0]

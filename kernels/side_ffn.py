@@ -1,0 +1,592 @@
+"""The side block's feed-forward with its residual, ``x + s_b * FC2(GELU(FC1(LN(x))))``, fused in Triton.
+
+HST.md §3 step 3: width C, hidden 4C, exact (erf) GELU, LayerNorm eps 1e-6, and an optional per-sample
+drop-path scale ``s_b``. At stage 1 of the detection config there are (H/4)(W/4) tokens per image (65,536 at
+1024x1024) and C = 64, so the [N, 4C] hidden activation is the largest tensor of the side network. None of the
+kernels here ever writes it to global memory (the flash-attention trick applied to an MLP):
+
+- forward: one program per ``BLOCK_M`` rows normalizes them in registers, then walks the hidden dim in
+  ``BLOCK_H`` chunks: ``act = GELU(LN(x) @ W1[chunk]^T + b1[chunk])`` and ``acc += act @ W2[:, chunk]^T``.
+  Only the output and each row's mean and 1/std (fp32) are stored.
+- backward, two kernels that both recompute LN and the hidden chunk by chunk:
+  ``_side_ffn_bwd_dx_kernel`` (persistent over row tiles) gives ``dx`` plus per-program fp32 partials of the
+  LayerNorm affine's and FC2 bias's gradients; ``_side_ffn_bwd_dw_kernel`` (one program per hidden chunk and
+  row split) accumulates ``dW1[chunk]``, ``dW2[:, chunk]`` and ``db1[chunk]`` over its rows in registers and
+  writes one fp32 partial per row split. Partials are summed once on the host; there are no atomics.
+
+Reference: ``hst_fast.kernels.reference.side_ffn_reference``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._compat import (
+    UnsupportedInput,
+    autotune_configs,
+    check_tensors,
+    dot_dtype,
+    dot_precision,
+    prune_by_registers,
+    sm_count,
+)
+
+__all__ = ["MAX_WIDTH", "SideFFNFunction", "side_ffn", "side_ffn_bwd", "side_ffn_fwd"]
+
+# Widest C a program keeps whole in registers (its [BLOCK_M, C] accumulator); wider raises UnsupportedInput.
+MAX_WIDTH = 1024
+# fp32 values per thread the largest accumulator tile may take before a config is pruned (spills past this).
+_REGISTER_LIMIT = 64
+# Cap on the fp32 weight-gradient partials of the dw kernel, in elements (64 MiB).
+_MAX_PARTIAL_ELEMENTS = 1 << 24
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _configs(block_ms, block_hs) -> list:
+    """The autotuning space; the first config is the one the interpreter runs (small and valid for any width)."""
+    configs = [
+        triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h}, num_warps=num_warps, num_stages=2)
+        for block_m in block_ms
+        for block_h in block_hs
+        for num_warps in (4, 8)
+    ]
+    return autotune_configs(configs)
+
+
+_ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
+_DW_CONFIGS = _configs((64, 128, 32), (32, 64, 16))
+# The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
+_prune_rows = prune_by_registers(
+    _REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"])
+)
+# The two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators and the [BLOCK_M, BLOCK_C] input tile.
+_prune_dw = prune_by_registers(
+    _REGISTER_LIMIT, lambda m: (2 * m["BLOCK_H"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_C"])
+)
+
+
+@triton.jit
+def _gelu_with_grad(pre):
+    """Exact GELU of ``pre`` and its derivative: ``pre * Phi(pre)`` and ``Phi(pre) + pre * phi(pre)``."""
+    cdf = 0.5 * (1.0 + tl.erf(pre * _SQRT1_2))
+    pdf = tl.exp(-0.5 * pre * pre) * _INV_SQRT_2PI
+    return pre * cdf, cdf + pre * pdf
+
+
+@triton.autotune(configs=_ROW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_rows})
+@triton.jit
+def _side_ffn_fwd_kernel(
+    x_ptr,  # [M, C] input rows, M = B * N
+    y_ptr,  # [M, C] output, x's dtype
+    norm_weight_ptr,  # [C]
+    norm_bias_ptr,  # [C]
+    fc1_weight_ptr,  # [H, C]
+    fc1_bias_ptr,  # [H]
+    fc2_weight_ptr,  # [C, H]
+    fc2_bias_ptr,  # [C]
+    scale_ptr,  # [B] fp32 per-sample branch scale, read only if HAS_SCALE
+    mean_ptr,  # [M] fp32, saved for the backward
+    rstd_ptr,  # [M] fp32, 1 / sqrt(var + eps), saved for the backward
+    M,
+    C,
+    H,
+    N,  # rows per sample: row r belongs to sample r // N
+    eps,
+    HAS_SCALE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # int64: rows * C may pass 2**31
+    cols = tl.arange(0, BLOCK_C)
+    row_mask = rows < M
+    col_mask = cols < C
+    mask = row_mask[:, None] & col_mask[None, :]
+    offsets = rows[:, None] * C + cols[None, :]
+
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    centered = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(centered * centered, axis=1) / C + eps)
+    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    # Rounded to x's dtype like the reference's LN output; padded columns are exactly zero.
+    normed = centered * rstd[:, None] * norm_weight[None, :] + norm_bias[None, :]
+    normed = normed.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    for start in range(0, H, BLOCK_H):
+        hidden = start + tl.arange(0, BLOCK_H)
+        h_mask = hidden < H
+        w1 = tl.load(  # [BLOCK_H, BLOCK_C]
+            fc1_weight_ptr + hidden[:, None] * C + cols[None, :], mask=h_mask[:, None] & col_mask[None, :], other=0.0
+        )
+        b1 = tl.load(fc1_bias_ptr + hidden, mask=h_mask, other=0.0).to(tl.float32)
+        pre = tl.dot(normed, tl.trans(w1.to(DOT_DTYPE)), input_precision=PRECISION) + b1[None, :]
+        act = pre * 0.5 * (1.0 + tl.erf(pre * _SQRT1_2))  # padded hidden units: pre = 0, act = 0
+        w2 = tl.load(  # [BLOCK_C, BLOCK_H]
+            fc2_weight_ptr + cols[:, None] * H + hidden[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0
+        )
+        act = act.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        acc = tl.dot(act, tl.trans(w2.to(DOT_DTYPE)), acc, input_precision=PRECISION)
+
+    fc2_bias = tl.load(fc2_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    branch = acc + fc2_bias[None, :]
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
+        branch = branch * scale[:, None]
+    # x is read again rather than held in registers through the hidden loop.
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offsets, (x + branch).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + rows, mean, mask=row_mask)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+
+@triton.autotune(configs=_ROW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_rows})
+@triton.jit
+def _side_ffn_bwd_dx_kernel(
+    x_ptr,  # [M, C] forward input
+    dy_ptr,  # [M, C] gradient of the output
+    norm_weight_ptr,  # [C]
+    norm_bias_ptr,  # [C]
+    fc1_weight_ptr,  # [H, C]
+    fc1_bias_ptr,  # [H]
+    fc2_weight_ptr,  # [C, H]
+    scale_ptr,  # [B] fp32, read only if HAS_SCALE
+    mean_ptr,  # [M] fp32
+    rstd_ptr,  # [M] fp32
+    dx_ptr,  # [M, C] gradient of x, x's dtype
+    dnorm_weight_partial_ptr,  # [num_programs, C] fp32, this program's sum over its rows
+    dnorm_bias_partial_ptr,  # [num_programs, C] fp32
+    dfc2_bias_partial_ptr,  # [num_programs, C] fp32
+    M,
+    C,
+    H,
+    N,
+    HAS_SCALE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dnorm_weight = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dnorm_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dfc2_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+
+    for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        offsets = rows[:, None] * C + cols[None, :]
+
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        normed = (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        dbranch = dy  # padded rows and columns are zero, so they add nothing below
+        if HAS_SCALE:
+            scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
+            dbranch = dy * scale[:, None]
+        dfc2_bias += tl.sum(dbranch, axis=0)
+        dbranch = dbranch.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+        dnormed = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+        for start in range(0, H, BLOCK_H):
+            hidden = start + tl.arange(0, BLOCK_H)
+            h_mask = hidden < H
+            w1 = tl.load(  # [BLOCK_H, BLOCK_C]
+                fc1_weight_ptr + hidden[:, None] * C + cols[None, :],
+                mask=h_mask[:, None] & col_mask[None, :],
+                other=0.0,
+            ).to(DOT_DTYPE)
+            b1 = tl.load(fc1_bias_ptr + hidden, mask=h_mask, other=0.0).to(tl.float32)
+            pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
+            _, act_grad = _gelu_with_grad(pre)
+            w2 = tl.load(  # [BLOCK_C, BLOCK_H]
+                fc2_weight_ptr + cols[:, None] * H + hidden[None, :],
+                mask=col_mask[:, None] & h_mask[None, :],
+                other=0.0,
+            ).to(DOT_DTYPE)
+            dpre = tl.dot(dbranch, w2, input_precision=PRECISION) * act_grad
+            dpre = dpre.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+            dnormed = tl.dot(dpre, w1, dnormed, input_precision=PRECISION)
+
+        dnorm_weight += tl.sum(dnormed * x_hat, axis=0)
+        dnorm_bias += tl.sum(dnormed, axis=0)
+        # LayerNorm backward: dx_hat = w * dnormed; dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)).
+        dx_hat = dnormed * norm_weight[None, :]
+        mean_dx_hat = tl.sum(dx_hat, axis=1) / C
+        mean_dx_hat_x_hat = tl.sum(dx_hat * x_hat, axis=1) / C
+        dx = dy + (dx_hat - mean_dx_hat[:, None] - x_hat * mean_dx_hat_x_hat[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(dnorm_weight_partial_ptr + pid * C + cols, dnorm_weight, mask=col_mask)
+    tl.store(dnorm_bias_partial_ptr + pid * C + cols, dnorm_bias, mask=col_mask)
+    tl.store(dfc2_bias_partial_ptr + pid * C + cols, dfc2_bias, mask=col_mask)
+
+
+@triton.autotune(configs=_DW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_dw})
+@triton.jit
+def _side_ffn_bwd_dw_kernel(
+    x_ptr,  # [M, C] forward input
+    dy_ptr,  # [M, C] gradient of the output
+    norm_weight_ptr,  # [C]
+    norm_bias_ptr,  # [C]
+    fc1_weight_ptr,  # [H, C]
+    fc1_bias_ptr,  # [H]
+    fc2_weight_ptr,  # [C, H]
+    scale_ptr,  # [B] fp32, read only if HAS_SCALE
+    mean_ptr,  # [M] fp32
+    rstd_ptr,  # [M] fp32
+    dfc1_weight_partial_ptr,  # [num_splits, H, C] fp32, this row split's sum
+    dfc1_bias_partial_ptr,  # [num_splits, H] fp32
+    dfc2_weight_partial_ptr,  # [num_splits, C, H] fp32
+    M,
+    C,
+    H,
+    N,
+    HAS_SCALE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    hidden = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_mask = hidden < H
+    w_mask = h_mask[:, None] & col_mask[None, :]  # for [BLOCK_H, BLOCK_C] tiles
+    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    w1 = tl.load(fc1_weight_ptr + hidden[:, None] * C + cols[None, :], mask=w_mask, other=0.0).to(DOT_DTYPE)
+    b1 = tl.load(fc1_bias_ptr + hidden, mask=h_mask, other=0.0).to(tl.float32)
+    w2 = tl.load(  # [BLOCK_C, BLOCK_H]
+        fc2_weight_ptr + cols[:, None] * H + hidden[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0
+    ).to(DOT_DTYPE)
+    dw1 = tl.zeros([BLOCK_H, BLOCK_C], dtype=tl.float32)
+    dw2_t = tl.zeros([BLOCK_H, BLOCK_C], dtype=tl.float32)  # dW2[:, chunk] transposed
+    db1 = tl.zeros([BLOCK_H], dtype=tl.float32)
+
+    for tile in range(split, tl.cdiv(M, BLOCK_M), num_splits):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        offsets = rows[:, None] * C + cols[None, :]
+
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        normed = (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        dbranch = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # zero on padded rows
+        if HAS_SCALE:
+            scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
+            dbranch = dbranch * scale[:, None]
+        dbranch = dbranch.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+        pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
+        act, act_grad = _gelu_with_grad(pre)
+        dpre = tl.dot(dbranch, w2, input_precision=PRECISION) * act_grad
+        db1 += tl.sum(dpre, axis=0)
+        dpre = dpre.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        act = act.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        dw1 = tl.dot(tl.trans(dpre), normed, dw1, input_precision=PRECISION)
+        dw2_t = tl.dot(tl.trans(act), dbranch, dw2_t, input_precision=PRECISION)
+
+    tl.store(dfc1_weight_partial_ptr + split * H * C + hidden[:, None] * C + cols[None, :], dw1, mask=w_mask)
+    tl.store(dfc2_weight_partial_ptr + split * C * H + cols[None, :] * H + hidden[:, None], dw2_t, mask=w_mask)
+    tl.store(dfc1_bias_partial_ptr + split * H + hidden, db1, mask=h_mask)
+
+
+def _check(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    branch_scale: Optional[torch.Tensor],
+) -> None:
+    """Raises ValueError for inconsistent shapes, UnsupportedInput for inputs the kernels do not handle."""
+    width = x.shape[-1] if x.dim() else 0
+    hidden = fc1_weight.shape[0] if fc1_weight.dim() == 2 else -1
+    shapes_ok = (
+        x.dim() >= 1
+        and tuple(norm_weight.shape) == (width,)
+        and tuple(norm_bias.shape) == (width,)
+        and tuple(fc1_weight.shape) == (hidden, width)
+        and tuple(fc1_bias.shape) == (hidden,)
+        and tuple(fc2_weight.shape) == (width, hidden)
+        and tuple(fc2_bias.shape) == (width,)
+    )
+    if not shapes_ok:
+        raise ValueError(
+            "side_ffn: expected x [..., C], norm_weight/norm_bias [C], fc1_weight [H, C], fc1_bias [H], "
+            "fc2_weight [C, H], fc2_bias [C]; got "
+            + ", ".join(
+                f"{name} {tuple(t.shape)}"
+                for name, t in (
+                    ("x", x),
+                    ("norm_weight", norm_weight),
+                    ("norm_bias", norm_bias),
+                    ("fc1_weight", fc1_weight),
+                    ("fc1_bias", fc1_bias),
+                    ("fc2_weight", fc2_weight),
+                    ("fc2_bias", fc2_bias),
+                )
+            )
+        )
+    if branch_scale is not None:
+        if x.dim() != 3:
+            raise ValueError(f"side_ffn: branch_scale needs x as [B, N, C], got x {tuple(x.shape)}")
+        if branch_scale.numel() != x.shape[0] or branch_scale.dim() not in (1, 3):
+            raise ValueError(
+                f"side_ffn: branch_scale must be [B] or [B, 1, 1] with B = {x.shape[0]}, "
+                f"got {tuple(branch_scale.shape)}"
+            )
+    check_tensors("side_ffn", x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    if width > MAX_WIDTH:
+        raise UnsupportedInput(f"side_ffn: C = {width} is wider than the kernel's limit of {MAX_WIDTH}")
+    if branch_scale is not None:
+        if branch_scale.device != x.device:
+            raise UnsupportedInput(f"side_ffn: branch_scale on {branch_scale.device}, x on {x.device}")
+        if not branch_scale.is_floating_point():
+            raise UnsupportedInput(f"side_ffn: branch_scale must be floating point, got {branch_scale.dtype}")
+        if branch_scale.requires_grad and torch.is_grad_enabled():
+            raise UnsupportedInput("side_ffn: branch_scale is a drop-path mask and gets no gradient here")
+
+
+def _launch_meta(x: torch.Tensor, branch_scale: Optional[torch.Tensor]) -> dict:
+    """Arguments every kernel here shares: branch scale, rows per sample, dot dtype and precision, BLOCK_C."""
+    width = x.shape[-1]
+    has_scale = branch_scale is not None
+    return {
+        # Rounded to x's dtype first, as the reference multiplies in x's dtype.
+        "scale": branch_scale.reshape(-1).to(x.dtype).float() if has_scale else x,
+        "N": x.shape[1] if x.dim() == 3 else 1,
+        "HAS_SCALE": has_scale,
+        "DOT_DTYPE": dot_dtype(x.dtype),
+        "PRECISION": dot_precision(x.dtype),
+        "BLOCK_C": max(16, triton.next_power_of_2(width)),  # tl.dot needs every dim >= 16
+    }
+
+
+def side_ffn_fwd(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    eps: float = 1e-6,
+    branch_scale: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward launcher; arguments as ``side_ffn``. Returns (y [..., C], mean [M] fp32, rstd [M] fp32)."""
+    _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
+    width, hidden = x.shape[-1], fc1_weight.shape[0]
+    x2d = x.view(-1, width)
+    rows = x2d.shape[0]
+    y = torch.empty_like(x)
+    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    if rows == 0:
+        return y, mean, rstd
+    meta = _launch_meta(x, branch_scale)
+    scale = meta.pop("scale")
+    _side_ffn_fwd_kernel[lambda config: (triton.cdiv(rows, config["BLOCK_M"]),)](
+        x2d,
+        y,
+        norm_weight,
+        norm_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        scale,
+        mean,
+        rstd,
+        rows,
+        width,
+        hidden,
+        eps=eps,
+        **meta,
+    )
+    return y, mean, rstd
+
+
+def side_ffn_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    branch_scale: Optional[torch.Tensor] = None,
+    fc_weight_grads: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """Backward launcher. dy, x: [..., C]; weights as in ``side_ffn``; mean, rstd: [M] fp32 from ``side_ffn_fwd``.
+
+    Returns (dx, dnorm_weight, dnorm_bias, dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias) in x's dtype; the FC1
+    weight/bias and FC2 weight gradients are None when ``fc_weight_grads`` is False (their kernel is skipped).
+    """
+    width, hidden = x.shape[-1], fc1_weight.shape[0]
+    dy = dy.contiguous()
+    x2d = x.view(-1, width)
+    rows = x2d.shape[0]
+    dx = torch.empty_like(x)
+    if rows == 0:
+        zeros = [torch.zeros_like(t) for t in (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, norm_bias)]
+        return (dx, *zeros)
+    meta = _launch_meta(x, branch_scale)
+    scale = meta.pop("scale")
+    num_sms = sm_count(x.device)
+
+    def float_empty(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device=x.device, dtype=torch.float32)
+
+    num_programs = min(triton.cdiv(rows, 32), 4 * num_sms)
+    dnorm_weight, dnorm_bias, dfc2_bias = (float_empty(num_programs, width) for _ in range(3))
+    _side_ffn_bwd_dx_kernel[(num_programs,)](
+        x2d,
+        dy.view(-1, width),
+        norm_weight,
+        norm_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        scale,
+        mean,
+        rstd,
+        dx,
+        dnorm_weight,
+        dnorm_bias,
+        dfc2_bias,
+        rows,
+        width,
+        hidden,
+        **meta,
+    )
+    grads = [dx] + [partial.sum(0).to(x.dtype) for partial in (dnorm_weight, dnorm_bias)]
+    if not fc_weight_grads:
+        return (*grads, None, None, None, dfc2_bias.sum(0).to(x.dtype))
+
+    # Row splits so that (hidden chunks x splits) fills the GPU about four times over, within the partials' cap.
+    num_splits = triton.cdiv(4 * num_sms, triton.cdiv(hidden, 32))
+    num_splits = max(1, min(num_splits, triton.cdiv(rows, 64), _MAX_PARTIAL_ELEMENTS // (2 * hidden * width)))
+    dfc1_weight, dfc2_weight = float_empty(num_splits, hidden, width), float_empty(num_splits, width, hidden)
+    dfc1_bias = float_empty(num_splits, hidden)
+    _side_ffn_bwd_dw_kernel[lambda config: (triton.cdiv(hidden, config["BLOCK_H"]), num_splits)](
+        x2d,
+        dy.view(-1, width),
+        norm_weight,
+        norm_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        scale,
+        mean,
+        rstd,
+        dfc1_weight,
+        dfc1_bias,
+        dfc2_weight,
+        rows,
+        width,
+        hidden,
+        **meta,
+    )
+    fc_grads = [partial.sum(0).to(x.dtype) for partial in (dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias)]
+    return (*grads, *fc_grads)
+
+
+class SideFFNFunction(torch.autograd.Function):
+    """Autograd wrapper: saves x, the weights and the fp32 row statistics; the backward recomputes the rest."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        fc1_weight: torch.Tensor,
+        fc1_bias: torch.Tensor,
+        fc2_weight: torch.Tensor,
+        fc2_bias: torch.Tensor,
+        eps: float,
+        branch_scale: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        y, mean, rstd = side_ffn_fwd(
+            x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale
+        )
+        ctx.save_for_backward(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = side_ffn_bwd(
+            dy,
+            x,
+            norm_weight,
+            norm_bias,
+            fc1_weight,
+            fc1_bias,
+            fc2_weight,
+            mean,
+            rstd,
+            branch_scale,
+            fc_weight_grads=any(needs[3:6]),
+        )
+        return (*(grad if need else None for grad, need in zip(grads, needs[:7])), None, None)
+
+
+def side_ffn(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    eps: float = 1e-6,
+    branch_scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Fused ``x + branch_scale[b] * FC2(GELU(FC1(LayerNorm(x))))`` with exact (erf) GELU (HST.md §3, step 3).
+
+    x: [B, N, C] (or [..., C] without ``branch_scale``), C <= ``MAX_WIDTH``; norm_weight, norm_bias: [C];
+    fc1_weight: [H, C]; fc1_bias: [H]; fc2_weight: [C, H]; fc2_bias: [C] (H = 4C in HST, any H works);
+    branch_scale: optional [B] (or [B, 1, 1]) per-sample drop-path scale, applied to the whole branch.
+    x and the weights: one dtype of float32, float16, bfloat16, contiguous, one device; LayerNorm statistics,
+    matmul accumulation and weight-gradient sums in fp32. Returns [..., C] in x's dtype. Differentiable in x and
+    all weights; ``branch_scale`` gets no gradient (it must not require one).
+
+    The [..., H] hidden activation never reaches global memory, in the forward or the backward.
+    Raises ``ValueError`` for inconsistent shapes and ``UnsupportedInput`` (a ``ValueError``) for inputs the kernels
+    do not handle (dtype, layout, device, width, a branch_scale that requires grad).
+    """
+    return SideFFNFunction.apply(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale)
