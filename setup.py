@@ -2,9 +2,9 @@
 
 There is deliberately no top-level ``kernels`` package: another registry package owns that name.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = ["hst_fast", "hst_fast.models", "hst_fast.kernels"]
+PACKAGES = find_packages(include=["hst_fast", "hst_fast.*"]) + ["hst_fast.kernels"]
 PACKAGE_DIR = {"hst_fast": "hst_fast", "hst_fast.kernels": "kernels"}
 
 setup(

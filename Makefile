@@ -1,0 +1,31 @@
+# make install : creates .venv/ (if missing) and installs everything, mmcv with compiled ops included.
+# make demo    : the main job, after installing.       make test / make bench : tests / benchmarks.
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+PIP         := $(PYTHON) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP       := $(VENV)/.hst_fast-installed
+
+.PHONY: install demo test bench lint
+install: $(STAMP)
+
+$(STAMP): setup.py $(CONSTRAINTS) scripts/build_mmcv.sh
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<82" wheel
+	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]" mmengine
+	$(PIP) install -q -c $(CONSTRAINTS) "$$(scripts/build_mmcv.sh $(PYTHON))" mmdet
+	$(PYTHON) -c "import torch, torchvision, timm, triton, mmcv, mmdet, hst_fast.kernels; from mmcv.ops import RoIAlign, nms"
+	touch $(STAMP)
+
+demo: install
+	$(PYTHON) -m hst_fast.demo
+
+test: install
+	$(PYTHON) -m pytest tests/ -q
+
+bench: install
+	$(PYTHON) -m pytest bench/ --benchmark-only -q
+
+lint: install
+	$(VENV)/bin/ruff check .
