@@ -19,8 +19,6 @@ Reference: ``hst_fast.kernels.reference.side_ffn_reference``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -62,9 +60,7 @@ def _configs(block_ms, block_hs) -> list:
 _ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
 _DW_CONFIGS = _configs((64, 128, 32), (32, 64, 16))
 # The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
-_prune_rows = prune_by_registers(
-    _REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"])
-)
+_prune_rows = prune_by_registers(_REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"]))
 # The two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators and the [BLOCK_M, BLOCK_C] input tile.
 _prune_dw = prune_by_registers(
     _REGISTER_LIMIT, lambda m: (2 * m["BLOCK_H"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_C"])
@@ -326,7 +322,7 @@ def _check(
     fc1_bias: torch.Tensor,
     fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
-    branch_scale: Optional[torch.Tensor],
+    branch_scale: torch.Tensor | None,
 ) -> None:
     """Raises ValueError for inconsistent shapes, UnsupportedInput for inputs the kernels do not handle."""
     width = x.shape[-1] if x.dim() else 0
@@ -373,11 +369,9 @@ def _check(
             raise UnsupportedInput(f"side_ffn: branch_scale on {branch_scale.device}, x on {x.device}")
         if not branch_scale.is_floating_point():
             raise UnsupportedInput(f"side_ffn: branch_scale must be floating point, got {branch_scale.dtype}")
-        if branch_scale.requires_grad and torch.is_grad_enabled():
-            raise UnsupportedInput("side_ffn: branch_scale is a drop-path mask and gets no gradient here")
 
 
-def _launch_meta(x: torch.Tensor, branch_scale: Optional[torch.Tensor]) -> dict:
+def _launch_meta(x: torch.Tensor, branch_scale: torch.Tensor | None) -> dict:
     """Arguments every kernel here shares: branch scale, rows per sample, dot dtype and precision, BLOCK_C."""
     width = x.shape[-1]
     has_scale = branch_scale is not None
@@ -401,7 +395,7 @@ def side_ffn_fwd(
     fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
     eps: float = 1e-6,
-    branch_scale: Optional[torch.Tensor] = None,
+    branch_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward launcher; arguments as ``side_ffn``. Returns (y [..., C], mean [M] fp32, rstd [M] fp32)."""
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
@@ -446,7 +440,7 @@ def side_ffn_bwd(
     fc2_weight: torch.Tensor,
     mean: torch.Tensor,
     rstd: torch.Tensor,
-    branch_scale: Optional[torch.Tensor] = None,
+    branch_scale: torch.Tensor | None = None,
     fc_weight_grads: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Backward launcher. dy, x: [..., C]; weights as in ``side_ffn``; mean, rstd: [M] fp32 from ``side_ffn_fwd``.
@@ -537,7 +531,7 @@ class SideFFNFunction(torch.autograd.Function):
         fc2_weight: torch.Tensor,
         fc2_bias: torch.Tensor,
         eps: float,
-        branch_scale: Optional[torch.Tensor],
+        branch_scale: torch.Tensor | None,
     ) -> torch.Tensor:
         y, mean, rstd = side_ffn_fwd(
             x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale
@@ -574,7 +568,7 @@ def side_ffn(
     fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
     eps: float = 1e-6,
-    branch_scale: Optional[torch.Tensor] = None,
+    branch_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused ``x + branch_scale[b] * FC2(GELU(FC1(LayerNorm(x))))`` with exact (erf) GELU (HST.md §3, step 3).
 
@@ -589,4 +583,9 @@ def side_ffn(
     Raises ``ValueError`` for inconsistent shapes and ``UnsupportedInput`` (a ``ValueError``) for inputs the kernels
     do not handle (dtype, layout, device, width, a branch_scale that requires grad).
     """
-    return SideFFNFunction.apply(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale)
+    if branch_scale is not None and branch_scale.requires_grad and torch.is_grad_enabled():
+        # Checked here: inside SideFFNFunction.forward grad mode is off.
+        raise UnsupportedInput("side_ffn: branch_scale is a drop-path mask and gets no gradient here")
+    return SideFFNFunction.apply(
+        x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale
+    )
