@@ -60,11 +60,31 @@ def _configs(block_ms, block_hs) -> list:
 _ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
 _DW_CONFIGS = _configs((64, 128, 32), (32, 64, 16))
 # The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
-_prune_rows = prune_by_registers(_REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"]))
+_prune_rows_registers = prune_by_registers(
+    _REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"])
+)
 # The two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators and the [BLOCK_M, BLOCK_C] input tile.
-_prune_dw = prune_by_registers(
+_prune_dw_registers = prune_by_registers(
     _REGISTER_LIMIT, lambda m: (2 * m["BLOCK_H"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_C"])
 )
+
+
+def _small_tiles_for_wide_rows(configs, block_c: int, prune_hidden: bool) -> list:
+    """Tiles of 16 or 32 rows (16 hidden units) only pay when the width forces them; trying them for narrow rows
+    only lengthens autotuning (every config is compiled on first use of each (C, H, dtype))."""
+    min_rows = 64 if block_c <= 128 else 32 if block_c <= 256 else 16
+    min_hidden = 32 if prune_hidden and block_c <= 256 else 16
+    return [c for c in configs if c.kwargs["BLOCK_M"] >= min_rows and c.kwargs["BLOCK_H"] >= min_hidden]
+
+
+def _prune_rows(configs, named_args, **kwargs):
+    configs = _small_tiles_for_wide_rows(configs, kwargs["BLOCK_C"], prune_hidden=False) or configs
+    return _prune_rows_registers(configs, named_args, **kwargs)
+
+
+def _prune_dw(configs, named_args, **kwargs):
+    configs = _small_tiles_for_wide_rows(configs, kwargs["BLOCK_C"], prune_hidden=True) or configs
+    return _prune_dw_registers(configs, named_args, **kwargs)
 
 
 @triton.jit
