@@ -72,8 +72,8 @@ def resolve_ops(backend: str) -> KernelOps:
     """Returns the ops for ``backend`` ('auto' | 'triton' | 'torch'); raises on anything else."""
     if backend not in BACKENDS:
         raise ValueError(f"kernel_backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return reference_ops()
+    if backend == "torch" or (backend == "auto" and not torch.cuda.is_available()):
+        return reference_ops()  # 'auto' can never see a CUDA tensor here
     if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             "kernel_backend='triton' without a CUDA device runs Triton's interpreter: set TRITON_INTERPRET=1 "
