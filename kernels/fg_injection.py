@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._compat import INTERPRET, check_tensors
+from ._compat import INTERPRET, UnsupportedInput, check_tensors
 
 __all__ = ["FGInjectionFunction", "fg_injection", "fg_injection_bwd", "fg_injection_fwd"]
 
@@ -158,7 +158,13 @@ def _check_inputs(x, patches, bridge_weight, bridge_bias, out_hw) -> tuple[int, 
         )
     if patches.shape[1] == 0 or patches.shape[2] == 0:
         raise ValueError(f"fg_injection: empty patch grid {tuple(patches.shape)}")
-    check_tensors("fg_injection", x, patches, bridge_weight, bridge_bias)
+    # patches only feed the bridge matmul, so any strides work: a ViT block's output sliced past
+    # its meta and class tokens is batch-strided.
+    check_tensors("fg_injection", x, bridge_weight, bridge_bias)
+    if patches.dtype != x.dtype or patches.device != x.device:
+        raise UnsupportedInput(
+            f"fg_injection: patches are {patches.dtype} on {patches.device}, x is {x.dtype} on {x.device}"
+        )
     return out_h, out_w
 
 
@@ -236,7 +242,8 @@ def fg_injection(
     fp32 / fp16 / bf16, one dtype for all tensors; resize accumulated in fp32. Returns [B, Hs*Ws, C]
     in x's dtype. Same signature and result as ``reference.fg_injection_reference``.
 
-    Raises ``UnsupportedInput`` for mixed dtypes/devices or non-contiguous inputs, ``ValueError``
+    Raises ``UnsupportedInput`` for mixed dtypes/devices or non-contiguous x/weights (patches may
+    have any strides), ``ValueError``
     for inconsistent shapes.
     """
     return FGInjectionFunction.apply(x, patches, bridge_weight, bridge_bias, out_hw)

@@ -84,12 +84,27 @@ def test_fg_injection_writes_every_output(monkeypatch):
     torch.testing.assert_close(out, fg_injection_reference(*inputs, out_hw), atol=1e-5, rtol=1e-5)
 
 
+def test_fg_injection_takes_batch_strided_patches():
+    """The model passes a ViT block's output sliced past its meta and class tokens (batch-strided)."""
+    (x, patches, weight, bias), out_hw = _make_inputs(SHAPES[0], torch.float32)
+    batch, in_h, in_w, depth = patches.shape
+    block_out = torch.randn(batch, 9 + in_h * in_w, depth)
+    strided = block_out[:, 9:].unflatten(1, (in_h, in_w))
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(
+        fg_injection(x, strided, weight, bias, out_hw), fg_injection_reference(x, strided, weight, bias, out_hw),
+        atol=1e-5, rtol=1e-5,
+    )
+
+
 def test_fg_injection_bad_inputs():
     (x, patches, weight, bias), out_hw = _make_inputs(SHAPES[0], torch.float32)
-    with pytest.raises(UnsupportedInput, match="mixed dtypes"):
+    with pytest.raises(UnsupportedInput, match="patches are torch.float16"):
         fg_injection(x, patches.half(), weight, bias, out_hw)
+    with pytest.raises(UnsupportedInput, match="mixed dtypes"):
+        fg_injection(x, patches, weight.half(), bias, out_hw)
     with pytest.raises(UnsupportedInput, match="non-contiguous"):
-        fg_injection(x, patches.transpose(1, 2), weight, bias, out_hw)
+        fg_injection(x.transpose(0, 1).contiguous().transpose(0, 1), patches, weight, bias, out_hw)
     with pytest.raises(ValueError, match="does not match"):
         fg_injection(x, patches, weight, bias, (16, 15))
     with pytest.raises(ValueError, match="bridge weight"):
