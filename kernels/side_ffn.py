@@ -42,8 +42,8 @@ _REGISTER_LIMIT = 64
 # Cap on the fp32 weight-gradient partials of the dw kernel, in elements (64 MiB).
 _MAX_PARTIAL_ELEMENTS = 1 << 24
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # compiled kernels only read constexpr globals
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 def _configs(block_ms, block_hs) -> list:
