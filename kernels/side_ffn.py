@@ -36,7 +36,8 @@ from ._compat import (
 __all__ = ["MAX_WIDTH", "SideFFNFunction", "side_ffn", "side_ffn_bwd", "side_ffn_fwd"]
 
 # Widest C a program keeps whole in registers (its [BLOCK_M, C] accumulator); wider raises UnsupportedInput.
-MAX_WIDTH = 1024
+# HST's widest side stage is 384; at 1024 the fp32 backward's smallest tiles overflow an H100's shared memory.
+MAX_WIDTH = 512
 # fp32 values per thread the largest accumulator tile may take before a config is pruned (spills past this).
 _REGISTER_LIMIT = 64
 # Cap on the fp32 weight-gradient partials of the dw kernel, in elements (64 MiB).
@@ -58,7 +59,7 @@ def _configs(block_ms, block_hs) -> list:
 
 
 _ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
-_DW_CONFIGS = _configs((64, 128, 32), (32, 64, 16))
+_DW_CONFIGS = _configs((64, 128, 32, 16), (32, 64, 16))
 # The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
 _prune_rows_registers = prune_by_registers(
     _REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"])

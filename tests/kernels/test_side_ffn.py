@@ -193,6 +193,6 @@ def test_side_ffn_rejects_bad_inputs(make, scale, error, match):
 
 
 def test_side_ffn_rejects_too_wide():
-    inputs = _inputs((1, 2, 1040), torch.float32, hidden=16)
+    inputs = _inputs((1, 2, 520), torch.float32, hidden=16)
     with pytest.raises(UnsupportedInput, match="wider than"):
         side_ffn(*inputs)
