@@ -15,6 +15,15 @@ ALL_LORA_TARGETS = ["qkv", "proj", "fc1", "fc2"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "baselines"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: intra-op threads only add synchronization (60x slower on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(method, task="cls", seed=0, **kwargs) -> BaselineViT:
     torch.manual_seed(seed)
     num_classes = 0 if task == "det" else 5
