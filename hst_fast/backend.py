@@ -39,17 +39,38 @@ def reference_ops() -> KernelOps:
     return KernelOps("torch", **{op: getattr(reference, f"{op}_reference") for op in OP_NAMES})
 
 
+def _autocast_aware(kernel: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Under autocast, runs ``kernel`` in the autocast dtype, as autocast runs a Linear: floating
+    tensor arguments are cast (differentiably, so fp32 parameters get fp32 gradients) and autocast
+    is off inside the kernel's own torch code. Outside autocast, calls ``kernel`` unchanged."""
+
+    def run(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return kernel(x, *args, **kwargs)
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(value):
+            return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+        with torch.autocast(device_type, enabled=False):
+            return kernel(cast(x), *map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+    run.__name__ = kernel.__name__
+    return run
+
+
 def triton_ops() -> KernelOps:
     """The Triton kernels (imported here, lazily, so ``import hst_fast`` never imports Triton)."""
     from hst_fast.kernels import fg_injection, layer_norm, side_attention, side_ffn
 
-    return KernelOps(
-        "triton",
+    kernels = dict(
         layer_norm=layer_norm.layer_norm,
         side_attention=side_attention.side_attention,
         side_ffn=side_ffn.side_ffn,
         fg_injection=fg_injection.fg_injection,
     )
+    return KernelOps("triton", **{op: _autocast_aware(fn) for op, fn in kernels.items()})
 
 
 def _auto(kernel: Callable[..., torch.Tensor], fallback: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

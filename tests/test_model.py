@@ -138,3 +138,14 @@ def test_load_official_state_dict_names_every_problem():
     message = str(info.value)
     assert "T_Bridge_2.weight" in message and "m_block9.0.norm1.weight" in message and "head.weight" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a failed load changed weights"
+
+
+def test_create_model_builds_baselines_by_method():
+    from hst_fast.baselines import BaselineViT
+
+    model = hst_fast.create_model("vit_base_patch16_224", method="lora", num_classes=5, **TINY_VIT)
+    assert isinstance(model, BaselineViT) and model.config.method == "lora"
+    with pytest.raises(ValueError, match="method"):
+        hst_fast.create_model("vit_base_patch16_224", method="prompt", **TINY_VIT)
+    with pytest.raises(ValueError, match="method='hst' only"):
+        hst_fast.create_model("vit_base_patch16_224", method="full", grad_checkpointing=True, **TINY_VIT)

@@ -9,7 +9,8 @@ TASK_PRESETS: Dict[str, Dict[str, Any]] = {
     "cls": dict(side_dims=[32, 48, 64, 72], side_heads=[2, 4, 8, 12], num_meta_tokens=1),
     "det": dict(side_dims=[64, 128, 256, 384], side_heads=[2, 4, 8, 12], num_meta_tokens=8),
 }
-OVERRIDE_KEYS = ("side_dims", "side_heads", "num_meta_tokens", "block_indices", "drop_path_rate")
+OVERRIDE_KEYS = ("side_dims", "side_heads", "num_meta_tokens", "block_indices", "drop_path_rate", "backbone_grad")
+BACKBONE_GRADS = ("full", "none")
 NUM_STAGES = 4
 
 
@@ -25,6 +26,7 @@ class HSTConfig:
     num_meta_tokens: int = 1
     block_indices: Optional[List[int]] = None
     drop_path_rate: float = 0.0
+    backbone_grad: str = "full"  # 'full': paper-faithful (MetaT + LN-tuning); 'none': frozen streaming
     timm_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,6 +56,8 @@ class HSTConfig:
             raise ValueError(f"num_meta_tokens must be an int >= 1, got {self.num_meta_tokens!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
+        if self.backbone_grad not in BACKBONE_GRADS:
+            raise ValueError(f"backbone_grad must be one of {BACKBONE_GRADS}, got {self.backbone_grad!r}")
         if not 0.0 <= float(self.drop_path_rate) < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}")
 

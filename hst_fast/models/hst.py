@@ -1,7 +1,7 @@
 """The HST model (HST.md): a frozen timm ViT with meta tokens and LN-tuning, plus the side network."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,7 @@ from hst_fast.backend import KernelOps
 from hst_fast.models import official
 from hst_fast.models.config import HSTConfig
 from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
+from hst_fast.models.vit_trunk import BlockFeatures, FrozenTrunk, MetaTrunk, set_attn_backend
 
 STRIDE = 32  # the coarsest side stage runs at H/32 x W/32
 
@@ -23,9 +24,13 @@ class HST(nn.Module):
     maps [B, d_s, H/2^(s+1), W/2^(s+1)].
     """
 
-    def __init__(self, vit: VisionTransformer, config: HSTConfig, ops: KernelOps):
-        """vit: a timm ViT with a class token (its final norm and head are unused);
-        config: architecture; ops: the kernel backend (``hst_fast.backend.resolve_ops``)."""
+    def __init__(
+        self, vit: VisionTransformer, config: HSTConfig, ops: KernelOps, attn_backend: str = "sdpa",
+        grad_checkpointing: bool = False,
+    ):
+        """vit: a timm ViT with a class token (its final norm and head are unused); config: architecture;
+        ops: the kernel backend (``hst_fast.backend.resolve_ops``); attn_backend: 'sdpa' | 'xformers' |
+        'eager' for the ViT blocks; grad_checkpointing: recompute each ViT block in backward (faithful mode)."""
         super().__init__()
         if vit.cls_token is None or vit.num_reg_tokens or getattr(vit, "no_embed_class", False):
             raise ValueError("HST needs a ViT with a class token, no register tokens and pos-embedded class token")
@@ -34,15 +39,19 @@ class HST(nn.Module):
         self.vit = vit
         self.stage_blocks = config.stage_blocks(len(vit.blocks))
         self.patch_size = vit.patch_embed.patch_size
-        embed_dim = vit.embed_dim
-        for block in vit.blocks:  # LN-tuning: same parameters, run through the chosen kernel backend
-            block.norm1 = _as_ops_layer_norm(block.norm1, ops)
-            block.norm2 = _as_ops_layer_norm(block.norm2, ops)
+        self.faithful = config.backbone_grad == "full"
+        set_attn_backend(vit, attn_backend)
+        if self.faithful:
+            for block in vit.blocks:  # LN-tuning: same parameters, run through the chosen kernel backend
+                block.norm1 = _as_ops_layer_norm(block.norm1, ops)
+                block.norm2 = _as_ops_layer_norm(block.norm2, ops)
+        meta_count = len(vit.blocks) if self.faithful else 0
         self.meta_tokens = nn.ParameterList(
-            [nn.Parameter(_xavier_meta(config.num_meta_tokens, embed_dim)) for _ in vit.blocks]
+            [nn.Parameter(_xavier_meta(config.num_meta_tokens, vit.embed_dim)) for _ in range(meta_count)]
         )
+        self.trunk = MetaTrunk(vit, self.meta_tokens, grad_checkpointing) if self.faithful else FrozenTrunk(vit)
         self.side_stages = build_side_stages(
-            embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
+            vit.embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
             config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
         )
         self.head_norm = nn.BatchNorm1d(config.side_dims[-1], affine=False, eps=1e-6)
@@ -54,9 +63,9 @@ class HST(nn.Module):
 
     # ----------------------------------------------------------------------------- freezing
     def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
-        """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms, head."""
+        """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms (faithful mode), head."""
         for name, param in self.named_parameters():
-            if _is_trainable(name):
+            if _is_trainable(name, ln_tuning=self.faithful):
                 yield name, param
 
     def freeze(self) -> None:
@@ -66,7 +75,10 @@ class HST(nn.Module):
             param.requires_grad_(name in trainable)
 
     def train(self, mode: bool = True) -> "HST":
+        """Sets the mode and re-applies freezing; in frozen mode the ViT always runs in eval mode."""
         super().train(mode)
+        if not self.faithful:
+            self.vit.eval()
         self.freeze()
         return self
 
@@ -112,19 +124,24 @@ class HST(nn.Module):
                 f"(the side network's coarsest stride) and of the ViT patch size {self.patch_size}"
             )
 
-    def forward_stage_tokens(self, images: torch.Tensor) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
+    def forward_stage_tokens(
+        self, images: torch.Tensor, vit_features: Optional[Iterable[BlockFeatures]] = None
+    ) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
         """Runs ViT and side network; returns per stage ([B, H_s*W_s, d_s] tokens, (H_s, W_s)).
 
-        Each ViT block's meta output and patch features go to its side block as soon as they exist.
+        Each ViT block's features go to its side block as soon as they exist. ``vit_features``
+        (frozen mode only) replaces the ViT run with stored per-block features (a feature cache).
         """
         self.check_input(images)
-        tokens, vit_hw = self._vit_embed(images)
+        if vit_features is not None and self.faithful:
+            raise ValueError("stored ViT features need backbone_grad='none': the faithful model trains inside the ViT")
+        features = iter(vit_features if vit_features is not None else self.trunk(images))
         outputs, side_map = [], images
         for stage, block_ids in zip(self.side_stages, self.stage_blocks):
             x, hw = stage.embed(side_map)
-            for index, block_id in enumerate(block_ids):
-                tokens, meta, patches = self._vit_block(block_id, tokens, vit_hw)
-                x = stage.step(index, x, hw, meta, patches)
+            for index in range(len(block_ids)):
+                keys, patches = next(features)
+                x = stage.step(index, x, hw, keys, patches)
             x = stage.finish(x)
             outputs.append((x, hw))
             side_map = tokens_to_map(x, hw)
@@ -141,29 +158,11 @@ class HST(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_stage_tokens(images)[-1][0])
 
-    def _vit_embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """Patch embedding, class token and (resampled) position embedding: [B, 1 + Hv*Wv, D]."""
-        vit = self.vit
-        patches = vit.patch_embed(images)  # [B, Hv, Wv, D] (timm dynamic_img_size)
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(patches)))
-        return tokens, (patches.shape[1], patches.shape[2])
 
-    def _vit_block(
-        self, block_id: int, tokens: torch.Tensor, vit_hw: Tuple[int, int]
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ViT block ``block_id`` on [m_k, cls, patches]; returns (trunk [B, 1+Hv*Wv, D],
-        meta output [B, G, D], patch features [B, Hv, Wv, D])."""
-        num_meta = self.config.num_meta_tokens
-        meta = self.meta_tokens[block_id].expand(tokens.shape[0], -1, -1)
-        out = self.vit.blocks[block_id](torch.cat([meta, tokens], dim=1))
-        patches = out[:, num_meta + 1:].unflatten(1, vit_hw)
-        return out[:, num_meta:], out[:, :num_meta], patches
-
-
-def _is_trainable(name: str) -> bool:
+def _is_trainable(name: str, ln_tuning: bool) -> bool:
     if name.startswith(("side_stages.", "meta_tokens.", "head.")):
         return True
-    return name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
+    return ln_tuning and name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
 
 
 def _as_ops_layer_norm(norm: nn.LayerNorm, ops: KernelOps) -> OpsLayerNorm:

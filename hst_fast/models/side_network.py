@@ -49,6 +49,11 @@ def tokens_to_map(tokens: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *hw)
 
 
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] feature map -> contiguous [B, H*W, C] tokens (the fused kernels take contiguous rows)."""
+    return x.flatten(2).transpose(1, 2).contiguous()
+
+
 class ConvStem(nn.Module):
     """Stage-1 embedding: Conv3x3/s2 (no bias), BN, ReLU, Conv2x2/s2, LayerNorm -> tokens at H/4 x W/4."""
 
@@ -64,7 +69,7 @@ class ConvStem(nn.Module):
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """[B, 3, H, W] -> ([B, H/4*W/4, d_1], (H/4, W/4))."""
         x = self.conv2(self.act(self.bn(self.conv1(images))))
-        return self.norm(x.flatten(2).transpose(1, 2)), (x.shape[2], x.shape[3])
+        return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class StageEmbed(nn.Module):
@@ -79,7 +84,7 @@ class StageEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """[B, d_{s-1}, H, W] -> ([B, H/2*W/2, d_s], (H/2, W/2))."""
         x = self.proj(x)
-        return self.norm(x.flatten(2).transpose(1, 2)), (x.shape[2], x.shape[3])
+        return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class SideAttentionParams(nn.Module):
