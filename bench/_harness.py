@@ -89,8 +89,9 @@ class StageShape:
         return self.vit_hw[0] * self.vit_hw[1]
 
     def info(self) -> dict[str, Any]:
-        return {"config": self.config, "stage": self.stage, "batch": self.batch, "tokens": self.tokens, "dim": self.dim,
-                    "heads": self.heads, "keys": self.keys, "vit_hw": list(self.vit_hw), "vit_dim": self.vit_dim, "dtype": DTYPE_NAME}
+        return {"config": self.config, "stage": self.stage, "batch": self.batch, "tokens": self.tokens,
+                "dim": self.dim, "heads": self.heads, "keys": self.keys, "vit_hw": list(self.vit_hw),
+                "vit_dim": self.vit_dim, "dtype": DTYPE_NAME}
 
 
 def batch_and_image(config: str) -> tuple[int, int]:

@@ -31,7 +31,8 @@ def byte_model(s: h.StageShape) -> dict:
 
 def flop_model(s: h.StageShape) -> dict:
     n, c = s.batch * s.tokens, s.dim
-    fwd = 20 * n * c * c + 4 * n * s.keys * c + 2 * s.batch * s.vit_tokens * s.vit_dim * c + 4 * s.batch * s.keys * c * c
+    vit_tokens, keys = s.batch * s.vit_tokens, s.batch * s.keys
+    fwd = 20 * n * c * c + 4 * n * s.keys * c + 2 * vit_tokens * s.vit_dim * c + 4 * keys * c * c
     return {"fwd": fwd, "bwd": 2 * fwd, "fwdbwd": 3 * fwd}
 
 

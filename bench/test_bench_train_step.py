@@ -1,0 +1,102 @@
+"""One training step: forward, backward and an AdamW step over the trainable parameters, bf16 autocast.
+
+Modes (same ViT, same inputs):
+- ``reference``: the released-code equivalent: hst_fast with ``kernel_backend='torch'`` and timm's eager
+  attention in the ViT (``block.attn.fused_attn = False``, as the released code computes attention).
+- ``faithful``: hst_fast as shipped, ``kernel_backend='auto'`` (Triton on GPU), MetaT + LN-tuning.
+- ``frozen``: ``create_model(..., backbone_grad='none')``: the ViT runs without gradients; skipped with a
+  reason while ``create_model`` does not accept that option.
+- ``full_ft``: full fine-tuning of the same timm ViT (every parameter trainable, timm's default attention).
+
+Inputs: classification (``task='cls'``, logits + cross-entropy) and the detection backbone (``task='det'``,
+``forward_features``; loss = sum of the maps' means; full fine-tuning: mean of the ViT's output tokens).
+Records ms per step, img/s, peak memory (GPU) and trainable parameters.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import _harness as h
+
+MODES = ("reference", "faithful", "frozen", "full_ft")
+NUM_CLASSES = 100
+# Full size: ViT-B/16 as in the issue; reduced (CPU): ViT-Ti/16, same depth and both side-network presets.
+VIT_NAME = "vit_base_patch16_224" if h.SIZE == "full" else "vit_tiny_patch16_224"
+
+
+def _cases() -> list:
+    params = []
+    for task in ("cls", "det"):
+        batch, image = h.batch_and_image(task)
+        for mode in MODES:
+            case_id = f"train_step-{task}-{VIT_NAME}-{image}px-B{batch}-{h.DTYPE_NAME}-{mode}"
+            params.append(pytest.param((task, batch, image, mode), id=case_id))
+    return params
+
+
+def build(task: str, mode: str) -> torch.nn.Module:
+    """The model of ``mode`` in train mode on the device (fp32 weights; autocast makes the step bf16)."""
+    import timm
+
+    from hst_fast.models import create_model
+
+    num_classes = NUM_CLASSES if task == "cls" else 0
+    if mode == "full_ft":
+        model = timm.create_model(VIT_NAME, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
+    elif mode == "reference":
+        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="torch")
+        for block in model.vit.blocks:
+            block.attn.fused_attn = False
+    elif mode == "faithful":
+        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto")
+    else:
+        try:
+            model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto",
+                                 backbone_grad="none")
+        except (TypeError, ValueError) as error:
+            pytest.skip(f"frozen mode needs create_model(..., backbone_grad='none'), not available yet: {error}")
+    return model.to(h.DEVICE).train()
+
+
+def loss_fn(model: torch.nn.Module, task: str, mode: str, images: torch.Tensor, labels: torch.Tensor):
+    if task == "cls":
+        return F.cross_entropy(model(images).float(), labels)
+    if mode == "full_ft":
+        return model.forward_features(images).float().mean()
+    return sum(feature.float().mean() for feature in model.forward_features(images))
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_train_step(benchmark, case):
+    task, batch, image, mode = case
+    model = build(task, mode)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, **({"fused": True} if h.ON_GPU else {}))
+    images = torch.randn(batch, 3, image, image, device=h.DEVICE)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), device=h.DEVICE)
+    autocast = torch.autocast(h.DEVICE.type, dtype=h.DTYPE, enabled=h.DTYPE != torch.float32)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model, task, mode, images, labels)
+        loss.backward()
+        optimizer.step()
+        h.sync()
+
+    step()  # Triton autotuning, optimizer state allocation
+    base = h.reset_peak()
+    step()
+    memory = h.peak_info(base)
+
+    benchmark.group = f"train_step-{task}-{image}px-B{batch}"
+    benchmark.pedantic(step, rounds=h.TRAIN_ROUNDS, warmup_rounds=h.TRAIN_WARMUP)
+    seconds = h.median_seconds(benchmark)
+    benchmark.extra_info.update({"kind": "train_step", "config": task, "mode": mode, "provider": mode})
+    benchmark.extra_info.update(
+        model=VIT_NAME, batch=batch, image=image, dtype=h.DTYPE_NAME, ms=seconds * 1e3 if seconds else None,
+        img_per_s=batch / seconds if seconds else None, trainable_params=sum(p.numel() for p in params),
+        total_params=sum(p.numel() for p in model.parameters()), **memory,
+    )
