@@ -73,32 +73,39 @@ def nvml_info() -> dict[str, Any]:
     try:
         handle = _nvml_handle(pynvml)
 
-        def query(key: str, fn, *args, scale: float | None = None) -> None:
+        def query(key: str, name: str, *args, scale: float | None = None) -> None:
+            """``info[key] = pynvml.<name>(*args)``; a note instead where this GPU or pynvml lacks it."""
             try:
-                value = fn(*args)
-            except pynvml.NVMLError as error:  # NVML_ERROR_NOT_SUPPORTED and friends: record, go on
-                info[key] = f"unavailable ({error})"
+                value = getattr(pynvml, name)(*args)
+            except (pynvml.NVMLError, AttributeError, IndexError, TypeError) as error:  # e.g. NOT_SUPPORTED
+                info[key] = f"unavailable ({error!r})"
                 return
             if isinstance(value, bytes):
                 value = value.decode()
+            if isinstance(value, (tuple, list)):  # (current, pending) modes
+                value = value[0]
             info[key] = value * scale if scale is not None and isinstance(value, (int, float)) else value
 
-        query("name", pynvml.nvmlDeviceGetName, handle)
-        query("driver_version", pynvml.nvmlSystemGetDriverVersion)
-        query("cuda_driver_version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
-        query("pci_bus_id", lambda: pynvml.nvmlDeviceGetPciInfo(handle).busId)
-        query("memory_total_mib", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20)
-        query("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
-        query("mem_clock_mhz", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM)
-        query("max_sm_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_SM)
-        query("max_mem_clock_mhz", pynvml.nvmlDeviceGetMaxClockInfo, handle, pynvml.NVML_CLOCK_MEM)
-        query("applications_sm_clock_mhz", pynvml.nvmlDeviceGetApplicationsClock, handle, pynvml.NVML_CLOCK_SM)
-        query("power_draw_w", pynvml.nvmlDeviceGetPowerUsage, handle, scale=1e-3)
-        query("power_limit_w", pynvml.nvmlDeviceGetEnforcedPowerLimit, handle, scale=1e-3)
-        query("temperature_c", pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
-        query("performance_state", pynvml.nvmlDeviceGetPerformanceState, handle)
-        query("mig_mode", lambda: pynvml.nvmlDeviceGetMigMode(handle)[0])
-        query("ecc_mode", lambda: pynvml.nvmlDeviceGetCurrentEccMode(handle))
+        sm, mem = pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM
+        query("name", "nvmlDeviceGetName", handle)
+        query("driver_version", "nvmlSystemGetDriverVersion")
+        query("cuda_driver_version", "nvmlSystemGetCudaDriverVersion_v2")
+        query("memory_total_mib", "nvmlDeviceGetMemoryInfo", handle)
+        if hasattr(info["memory_total_mib"], "total"):
+            info["memory_total_mib"] = info["memory_total_mib"].total / 2**20
+        query("sm_clock_mhz", "nvmlDeviceGetClockInfo", handle, sm)
+        query("mem_clock_mhz", "nvmlDeviceGetClockInfo", handle, mem)
+        query("max_sm_clock_mhz", "nvmlDeviceGetMaxClockInfo", handle, sm)
+        query("max_mem_clock_mhz", "nvmlDeviceGetMaxClockInfo", handle, mem)
+        query("applications_sm_clock_mhz", "nvmlDeviceGetApplicationsClock", handle, sm)
+        query("power_draw_w", "nvmlDeviceGetPowerUsage", handle, scale=1e-3)
+        query("power_limit_w", "nvmlDeviceGetEnforcedPowerLimit", handle, scale=1e-3)
+        query("temperature_c", "nvmlDeviceGetTemperature", handle, pynvml.NVML_TEMPERATURE_GPU)
+        query("performance_state", "nvmlDeviceGetPerformanceState", handle)
+        query("mig_mode", "nvmlDeviceGetMigMode", handle)
+        query("ecc_mode", "nvmlDeviceGetCurrentEccMode", handle)
+    except pynvml.NVMLError as error:  # no handle for this device
+        info.update(available=False, note=f"NVML device query failed: {error!r}")
     finally:
         pynvml.nvmlShutdown()
     return info
