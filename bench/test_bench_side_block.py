@@ -12,6 +12,8 @@ them, so the figure shows how far the three-kernel block is from one pass over x
 FLOPs (reference formulation): fwd ``20 N C^2`` (q and proj 4, FFN 16) ``+ 4 N M C`` (scores and mix)
 ``+ 2 V D C`` (bridge at ViT resolution) ``+ 4 B M C^2`` (k, v); bwd twice that.
 """
+import functools
+
 import pytest
 
 from bench import _harness as h
@@ -36,8 +38,11 @@ def flop_model(s: h.StageShape) -> dict:
     return {"fwd": fwd, "bwd": 2 * fwd, "fwdbwd": 3 * fwd}
 
 
+@functools.cache
 def build_block(s: h.StageShape, provider: str):
-    """(callable block, parameters) for ``provider``; the block's weights are bf16 on the device."""
+    """(callable block, bridge, parameters) for ``provider``, weights in the bench dtype on the device.
+
+    Cached per shape and provider, so the three passes share one block (and one torch.compile graph)."""
     from torch import nn
 
     from hst_fast.backend import reference_ops, triton_ops
