@@ -8,7 +8,6 @@ import re
 
 import pytest
 import torch
-
 from fixture_utils import FIXTURE_FILES, model_for_fixture, read_fixture, split_prefix
 
 

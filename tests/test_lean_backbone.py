@@ -75,7 +75,8 @@ def test_grad_checkpointing_and_attention_backends_give_the_same_gradients():
     samples, so tiny elements may differ more (see test_fixtures)."""
     images = torch.randn(6, 3, 64, 64)
     grads = {}
-    for name, kwargs in {"sdpa": {}, "eager": dict(attn_backend="eager"), "ckpt": dict(grad_checkpointing=True)}.items():
+    variants = {"sdpa": {}, "eager": dict(attn_backend="eager"), "ckpt": dict(grad_checkpointing=True)}
+    for name, kwargs in variants.items():
         model = make(**kwargs).train()
         model(images).logsumexp(1).sum().backward()
         grads[name] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}

@@ -16,11 +16,12 @@ from hst_fast.baselines.config import BaselineConfig
 from hst_fast.baselines.convpass import ConvpassPair
 from hst_fast.baselines.feature_pyramid import SimpleFeaturePyramid
 from hst_fast.baselines.lora import inject_lora, lora_layers
+from hst_fast.models.peft import TrainableSubsetMixin
 
 STRIDE = 32  # the coarsest pyramid level, as HST's coarsest side stage
 
 
-class BaselineViT(nn.Module):
+class BaselineViT(TrainableSubsetMixin, nn.Module):
     """A timm ``VisionTransformer`` with a task head, adapted by ``config.method``.
 
     Trainable sets (``trainable_named_parameters``), the pyramid and head training in every method:
@@ -74,25 +75,10 @@ class BaselineViT(nn.Module):
             if _is_trainable(name, self.config.method):
                 yield name, param
 
-    def freeze(self) -> None:
-        """Sets ``requires_grad`` from the trainable set; the one place freezing is decided."""
-        trainable = {name for name, _ in self.trainable_named_parameters()}
-        for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
-
     def train(self, mode: bool = True) -> "BaselineViT":
         if mode and self.merged:
             raise RuntimeError("the LoRA weights are merged into the ViT (inference only); call unmerge() to train")
-        super().train(mode)
-        self.freeze()
-        return self
-
-    def print_trainable_parameters(self) -> None:
-        """Prints PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        percent = 100 * trainable / total
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {percent:.4f}")
+        return super().train(mode)
 
     # ----------------------------------------------------------------------------- LoRA merging
     @property
@@ -124,11 +110,9 @@ class BaselineViT(nn.Module):
     # ----------------------------------------------------------------------------- checkpoints
     def save_adapter(self, directory: str) -> None:
         """Writes only what this method trains (``hst_fast.adapter.save_adapter``); for 'full' that is everything."""
-        from hst_fast.adapter import save_adapter
-
         if self.merged:  # the merged weights would change the backbone fingerprint and be saved nowhere
             raise RuntimeError("unmerge() before saving an adapter: merged LoRA weights are not an adapter")
-        save_adapter(self, directory)
+        super().save_adapter(directory)
 
     # ----------------------------------------------------------------------------- forward
     def check_input(self, images: torch.Tensor) -> None:

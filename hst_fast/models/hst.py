@@ -10,13 +10,14 @@ from timm.models.vision_transformer import VisionTransformer
 from hst_fast.backend import KernelOps
 from hst_fast.models import official
 from hst_fast.models.config import HSTConfig
+from hst_fast.models.peft import TrainableSubsetMixin
 from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
 from hst_fast.models.vit_trunk import BlockFeatures, FrozenTrunk, MetaTrunk, set_attn_backend
 
 STRIDE = 32  # the coarsest side stage runs at H/32 x W/32
 
 
-class HST(nn.Module):
+class HST(TrainableSubsetMixin, nn.Module):
     """Hierarchical Side-Tuning around a timm ``VisionTransformer``.
 
     ``forward(images)`` returns logits [B, num_classes] (the BatchNorm-normalized pooled
@@ -68,25 +69,12 @@ class HST(nn.Module):
             if _is_trainable(name, ln_tuning=self.faithful):
                 yield name, param
 
-    def freeze(self) -> None:
-        """Sets ``requires_grad`` from the trainable set; the one place freezing is decided."""
-        trainable = {name for name, _ in self.trainable_named_parameters()}
-        for name, param in self.named_parameters():
-            param.requires_grad_(name in trainable)
-
     def train(self, mode: bool = True) -> "HST":
         """Sets the mode and re-applies freezing; in frozen mode the ViT always runs in eval mode."""
         super().train(mode)
         if not self.faithful:
             self.vit.eval()
-        self.freeze()
         return self
-
-    def print_trainable_parameters(self) -> None:
-        """Prints PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ----------------------------------------------------------------------------- checkpoints
     def official_names(self) -> Dict[str, str]:
@@ -100,12 +88,6 @@ class HST(nn.Module):
     def load_official_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
         """Loads a released-code state dict strictly, naming every mismatched key."""
         official.load_official_state_dict(self, state_dict)
-
-    def save_adapter(self, directory: str) -> None:
-        """Writes only what this task trains (``hst_fast.adapter.save_adapter``)."""
-        from hst_fast.adapter import save_adapter
-
-        save_adapter(self, directory)
 
     # ----------------------------------------------------------------------------- forward
     def check_input(self, images: torch.Tensor) -> None:

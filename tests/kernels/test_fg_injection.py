@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from hst_fast.kernels._compat import UnsupportedInput
 from hst_fast.kernels.fg_injection import fg_injection, fg_injection_fwd
 from hst_fast.kernels.reference import fg_injection_reference

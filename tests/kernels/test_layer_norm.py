@@ -7,6 +7,7 @@ not powers of two leave padded columns.
 
 import pytest
 import torch
+
 from hst_fast.kernels._compat import UnsupportedInput
 from hst_fast.kernels.layer_norm import layer_norm
 from hst_fast.kernels.reference import layer_norm_reference

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from hst_fast.kernels import side_attention as side_attention_module
 from hst_fast.kernels._compat import UnsupportedInput
 from hst_fast.kernels.reference import side_attention_reference

@@ -7,6 +7,7 @@ token counts stay small. Row counts (37, 50, 74, 197, 100) leave partial row til
 
 import pytest
 import torch
+
 from hst_fast.kernels._compat import UnsupportedInput
 from hst_fast.kernels.reference import side_ffn_reference
 from hst_fast.kernels.side_ffn import side_ffn
