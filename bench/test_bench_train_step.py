@@ -4,8 +4,9 @@ Modes (same ViT, same inputs):
 - ``reference``: the released-code equivalent: hst_fast with ``kernel_backend='torch'`` and timm's eager
   attention in the ViT (``block.attn.fused_attn = False``, as the released code computes attention).
 - ``faithful``: hst_fast as shipped, ``kernel_backend='auto'`` (Triton on GPU), MetaT + LN-tuning.
-- ``frozen``: ``create_model(..., backbone_grad='none')``: the ViT runs without gradients; skipped with a
-  reason while ``create_model`` does not accept that option.
+- ``faithful_ckpt``: ``faithful`` with ``grad_checkpointing=True`` (each ViT block recomputed in backward).
+- ``frozen``: ``create_model(..., backbone_grad='none')``: the ViT runs without gradients.
+- ``frozen_cache``: ``frozen`` fed from a ``FeatureCache`` filled before timing (later epochs: no ViT run).
 - ``full_ft``: full fine-tuning of the same timm ViT (every parameter trainable, timm's default attention).
 
 Inputs: classification (``task='cls'``, logits + cross-entropy) and the detection backbone (``task='det'``,
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from bench import _harness as h
 
-MODES = ("reference", "faithful", "frozen", "full_ft")
+MODES = ("reference", "faithful", "faithful_ckpt", "frozen", "frozen_cache", "full_ft")
 NUM_CLASSES = 100
 # Full size: ViT-B/16 as in the issue; reduced (CPU): ViT-Ti/16, same depth and both side-network presets.
 VIT_NAME = "vit_base_patch16_224" if h.SIZE == "full" else "vit_tiny_patch16_224"
@@ -49,29 +50,38 @@ def build(task: str, mode: str) -> torch.nn.Module:
         model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="torch")
         for block in model.vit.blocks:
             block.attn.fused_attn = False
-    elif mode == "faithful":
-        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto")
     else:
-        try:
-            model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto",
-                                 backbone_grad="none")
-        except (TypeError, ValueError) as error:
-            pytest.skip(f"frozen mode needs create_model(..., backbone_grad='none'), not available yet: {error}")
+        options = {"faithful": {}, "faithful_ckpt": dict(grad_checkpointing=True)}.get(mode, dict(backbone_grad="none"))
+        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto", **options)
     return model.to(h.DEVICE).train()
 
 
-def loss_fn(model: torch.nn.Module, task: str, mode: str, images: torch.Tensor, labels: torch.Tensor):
-    if task == "cls":
-        return F.cross_entropy(model(images).float(), labels)
+def forward(model: torch.nn.Module, mode: str, images: torch.Tensor, cache) -> list:
+    """Stage tokens of an HST model, from the feature cache in ``frozen_cache`` mode."""
+    features = cache.block_features(model, list(range(images.shape[0])), images) if cache else None
+    return model.forward_stage_tokens(images, features)
+
+
+def loss_fn(model: torch.nn.Module, task: str, mode: str, images: torch.Tensor, labels: torch.Tensor, cache=None):
     if mode == "full_ft":
+        if task == "cls":
+            return F.cross_entropy(model(images).float(), labels)
         return model.forward_features(images).float().mean()
-    return sum(feature.float().mean() for feature in model.forward_features(images))
+    stages = forward(model, mode, images, cache)
+    if task == "cls":
+        return F.cross_entropy(model.forward_head(stages[-1][0]).float(), labels)
+    return sum(tokens.float().mean() for tokens, _ in stages)
 
 
 @pytest.mark.parametrize("case", _cases())
-def test_train_step(benchmark, case):
+def test_train_step(benchmark, case, tmp_path):
     task, batch, image, mode = case
     model = build(task, mode)
+    cache = None
+    if mode == "frozen_cache":
+        from hst_fast.feature_cache import FeatureCache
+
+        cache = FeatureCache(tmp_path, model, dtype=torch.bfloat16 if h.DTYPE == torch.bfloat16 else torch.float16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, **({"fused": True} if h.ON_GPU else {}))
     images = torch.randn(batch, 3, image, image, device=h.DEVICE)
@@ -81,7 +91,7 @@ def test_train_step(benchmark, case):
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_fn(model, task, mode, images, labels)
+            loss = loss_fn(model, task, mode, images, labels, cache)
         loss.backward()
         optimizer.step()
         h.sync()

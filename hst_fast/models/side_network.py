@@ -181,7 +181,7 @@ def build_side_stages(
     in_chans: int = 3,
 ) -> nn.ModuleList:
     """The four side stages, drop-path rates linear over all side blocks, initialized per HST.md §3."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
     stages, first = [], 0
     for s, (dim, num_heads, depth) in enumerate(zip(dims, heads, depths)):
         embed = ConvStem(dim, ops, in_chans) if s == 0 else StageEmbed(dims[s - 1], dim, ops)
