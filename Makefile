@@ -19,10 +19,11 @@ $(STAMP): setup.py $(CONSTRAINTS) scripts/build_mmcv.sh
 	touch $(STAMP)
 
 demo: install
-	$(PYTHON) -m hst_fast.demo
+	$(PYTHON) -m hst_fast.train configs/cascade_demo.py
 
 test: install
 	$(PYTHON) -m pytest tests/ -q
+	$(PYTHON) -m pytest bench/ --collect-only -q  # benchmarks must keep collecting, even without a GPU
 
 bench: install
 	$(PYTHON) -m pytest bench/ --benchmark-only -q
