@@ -6,7 +6,7 @@ freezing decided in one place and re-applied by ``train()``, adapters through ``
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ from hst_fast.baselines.config import BaselineConfig
 from hst_fast.baselines.convpass import ConvpassPair
 from hst_fast.baselines.feature_pyramid import SimpleFeaturePyramid
 from hst_fast.baselines.lora import inject_lora, lora_layers
-from hst_fast.models.peft import TrainableSubsetMixin
+from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
 
 STRIDE = 32  # the coarsest pyramid level, as HST's coarsest side stage
 
@@ -62,18 +62,20 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
         else:
             self.pyramid = None
         head_dim = getattr(vit, "head_hidden_size", embed_dim)
-        self.head = nn.Linear(head_dim, config.num_classes) if config.num_classes else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = classifier_head(head_dim, config.num_classes)
         self.freeze()
 
     # ----------------------------------------------------------------------------- freezing
-    def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+    def is_trainable(self, name: str) -> bool:
         """The parameters ``config.method`` trains (class docstring)."""
-        for name, param in self.named_parameters():
-            if _is_trainable(name, self.config.method):
-                yield name, param
+        method = self.config.method
+        if method == "full" or name.startswith(("head.", "pyramid.")):
+            return True
+        if method == "lora":
+            return name.startswith("vit.") and name.endswith((".lora_A", ".lora_B"))
+        if method == "convpass":
+            return name.startswith("convpass.")
+        return False  # 'linear': the head (and pyramid) only
 
     def train(self, mode: bool = True) -> "BaselineViT":
         if mode and self.merged:
@@ -161,14 +163,3 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_tokens(images)[0])
-
-
-def _is_trainable(name: str, method: str) -> bool:
-    if method == "full" or name.startswith(("head.", "pyramid.")):
-        return True
-    if method == "lora":
-        return name.startswith("vit.") and name.endswith((".lora_A", ".lora_B"))
-    if method == "convpass":
-        return name.startswith("convpass.")
-    return False  # 'linear': the head (and pyramid) only
-

@@ -1,7 +1,7 @@
 """The HST model (HST.md): a frozen timm ViT with meta tokens and LN-tuning, plus the side network."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from hst_fast.backend import KernelOps
 from hst_fast.models import official
 from hst_fast.models.config import HSTConfig
-from hst_fast.models.peft import TrainableSubsetMixin
+from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
 from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
 from hst_fast.models.vit_trunk import BlockFeatures, FrozenTrunk, MetaTrunk, set_attn_backend
 
@@ -56,18 +56,15 @@ class HST(TrainableSubsetMixin, nn.Module):
             config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
         )
         self.head_norm = nn.BatchNorm1d(config.side_dims[-1], affine=False, eps=1e-6)
-        self.head = nn.Linear(config.side_dims[-1], config.num_classes) if config.num_classes else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = classifier_head(config.side_dims[-1], config.num_classes)
         self.freeze()
 
     # ----------------------------------------------------------------------------- freezing
-    def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+    def is_trainable(self, name: str) -> bool:
         """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms (faithful mode), head."""
-        for name, param in self.named_parameters():
-            if _is_trainable(name, ln_tuning=self.faithful):
-                yield name, param
+        if name.startswith(("side_stages.", "meta_tokens.", "head.")):
+            return True
+        return self.faithful and name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
 
     def train(self, mode: bool = True) -> "HST":
         """Sets the mode and re-applies freezing; in frozen mode the ViT always runs in eval mode."""
@@ -139,12 +136,6 @@ class HST(TrainableSubsetMixin, nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_stage_tokens(images)[-1][0])
-
-
-def _is_trainable(name: str, ln_tuning: bool) -> bool:
-    if name.startswith(("side_stages.", "meta_tokens.", "head.")):
-        return True
-    return ln_tuning and name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
 
 
 def _as_ops_layer_norm(norm: nn.LayerNorm, ops: KernelOps) -> OpsLayerNorm:

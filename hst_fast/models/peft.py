@@ -13,14 +13,30 @@ def trainable_summary(model: nn.Module) -> str:
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
+def classifier_head(in_dim: int, num_classes: int) -> nn.Module:
+    """Linear(in_dim -> num_classes), trunc-normal(.02) weight and zero bias; Identity when num_classes is 0."""
+    if not num_classes:
+        return nn.Identity()
+    head = nn.Linear(in_dim, num_classes)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class TrainableSubsetMixin:
-    """For an ``nn.Module`` that trains a subset of its parameters, named by ``trainable_named_parameters``.
+    """For an ``nn.Module`` that trains the subset of its parameters ``is_trainable`` names.
 
     ``freeze()`` applies the subset and ``train(mode)`` re-applies it, so frozen parameters stay frozen.
     """
 
-    def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+    def is_trainable(self, name: str) -> bool:
+        """Whether the parameter called ``name`` (as in ``named_parameters``) trains."""
         raise NotImplementedError
+
+    def trainable_named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        for name, param in self.named_parameters():
+            if self.is_trainable(name):
+                yield name, param
 
     def freeze(self) -> None:
         """Sets ``requires_grad`` from the trainable set; the one place freezing is decided."""
