@@ -150,3 +150,16 @@ def test_create_model_builds_baselines_by_method():
         hst_fast.create_model("vit_base_patch16_224", method="prompt", **TINY_VIT)
     with pytest.raises(ValueError, match="method='hst' only"):
         hst_fast.create_model("vit_base_patch16_224", method="full", grad_checkpointing=True, **TINY_VIT)
+
+
+def test_import_hst_fast_pulls_in_no_mm_libraries():
+    """Models, kernels and benchmarks must run where mmengine/mmdet are not installed (the GPU machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hst_fast, hst_fast.feature_cache, hst_fast.baselines;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mmengine', 'mmdet', 'mmcv'));"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
