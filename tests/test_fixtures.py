@@ -86,8 +86,10 @@ def test_every_gradient_matches_released(fixture_run):
     well-conditioned channels and amplifies float32 rounding ~1000x on channels with h ~ 1e-3.
     Measured: a float64 run of this model sits 1.8e-3 (median) / 2.5e-2 (max) from the
     fixtures' gradients, relative to each tensor's max, so no float32 implementation meets the
-    README's 1e-4 here; we require the same order as that fixture noise. A wrong formula gives
-    errors of order one.
+    README's 1e-4 here. Our float32 run: median 2.8e-3 (cls) / 8.3e-4 (det); worst tensor 2.8e-2
+    (cls) / 4.9e-2 (det m_norm4.weight, where float64 is itself 2.5e-2 from the fixture, on the
+    other side). We require the order of that fixture noise: median 5e-3, every tensor 1e-1. A
+    wrong formula gives errors of order one.
     """
     model, tensors, _, (_, grads, _) = fixture_run
     expected = split_prefix(tensors, "grad.")
@@ -102,5 +104,5 @@ def test_every_gradient_matches_released(fixture_run):
             assert grad.abs().max() < 1e-4 * scale and reference.abs().max() < 1e-4 * scale, name
             continue
         errors[name] = relative_error(grad, reference)
-        assert errors[name] < 5e-2, f"grad.{name}: {errors[name]:.2e}"
+        assert errors[name] < 1e-1, f"grad.{name}: {errors[name]:.2e}"
     assert sorted(errors.values())[len(errors) // 2] < 5e-3
