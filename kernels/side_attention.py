@@ -45,7 +45,7 @@ from ._compat import (
     sm_count,
 )
 
-__all__ = ["SideAttentionFunction", "side_attention", "side_attention_bwd", "side_attention_fwd"]
+__all__ = ["AttentionParams", "SideAttentionFunction", "side_attention", "side_attention_bwd", "side_attention_fwd"]
 
 MAX_KEYS = 16  # BLOCK_M: keys are padded to one 16-row tile
 MAX_WIDTH = 1024  # one [BLOCK_N, next_pow2(C)] register tile per token block
@@ -91,16 +91,10 @@ def _side_attention_fwd_kernel(
     VF,  # [B, H, M, C] fp32 folded values V' = v_h Wproj_h^T (times branch_scale)
     OB,  # [B, C] fp32 output bias bproj (times branch_scale)
     Y,  # [B, N, C] output, x's dtype
-    N,
-    C,
-    M,
-    H,
+    N, C, M, H,  # tokens, width, keys, heads
     eps,
-    BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -140,17 +134,10 @@ def _side_attention_bwd_kernel(
     DKB,  # [B, S, H, M] fp32, zeroed: per-program partials of sum_n ds
     DVF,  # [B, S, H, M, C] fp32, zeroed: per-program partials of sum_n p^T dy
     DOB,  # [B, S, C] fp32: per-program partials of sum_n dy
-    N,
-    C,
-    M,
-    H,
-    S,
+    N, C, M, H, S,  # tokens, width, keys, heads, programs per batch element
     eps,
-    BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
     pid_s = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_c = tl.arange(0, BLOCK_C)
@@ -199,6 +186,22 @@ def _side_attention_bwd_kernel(
     tl.store(DOB + (pid_b * S + pid_s) * C + offs_c, dob, mask=mask_c)
 
 
+class AttentionParams(NamedTuple):
+    """The side block's LN1 affine ([C]) and its q, k, v, proj Linear layers (weights [C, C], biases [C]), in the
+    public op's argument order. Launchers take them as one tuple."""
+
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor
+    k_weight: torch.Tensor
+    k_bias: torch.Tensor
+    v_weight: torch.Tensor
+    v_bias: torch.Tensor
+    proj_weight: torch.Tensor
+    proj_bias: torch.Tensor
+
+
 class _Folded(NamedTuple):
     """The per-(batch, head) folded attention (fp32) and what its backward needs."""
 
@@ -212,35 +215,21 @@ class _Folded(NamedTuple):
     scale: torch.Tensor | None  # [B] branch_scale in fp32, or None
 
 
-def _fold(
-    kv,
-    norm_weight,
-    norm_bias,
-    q_weight,
-    q_bias,
-    k_weight,
-    k_bias,
-    v_weight,
-    v_bias,
-    proj_weight,
-    proj_bias,
-    num_heads,
-    branch_scale,
-    branch_dtype,
-) -> _Folded:
+def _fold(kv, params: AttentionParams, num_heads, branch_scale, branch_dtype) -> _Folded:
     """Folds Wq (and LN1's affine) into the keys and Wproj into the values, per (batch, head), in fp32."""
+    p = AttentionParams(*(t.float() for t in params))
     batch, num_keys, width = kv.shape
     head_dim = width // num_heads
     softmax_scale = head_dim**-0.5
     kv = kv.float()
-    k = F.linear(kv, k_weight.float(), k_bias.float()).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
-    v = F.linear(kv, v_weight.float(), v_bias.float()).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
-    raw_keys = softmax_scale * torch.einsum("bhmd,hdc->bhmc", k, q_weight.float().view(num_heads, head_dim, width))
-    key_bias = softmax_scale * torch.einsum("bhmd,hd->bhm", k, q_bias.float().view(num_heads, head_dim))
-    keys = raw_keys * norm_weight.float()
-    key_bias = key_bias + raw_keys @ norm_bias.float()
-    values = torch.einsum("bhmd,ohd->bhmo", v, proj_weight.float().view(width, num_heads, head_dim))
-    out_bias = proj_bias.float().expand(batch, width)
+    k = F.linear(kv, p.k_weight, p.k_bias).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
+    v = F.linear(kv, p.v_weight, p.v_bias).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
+    raw_keys = softmax_scale * torch.einsum("bhmd,hdc->bhmc", k, p.q_weight.view(num_heads, head_dim, width))
+    key_bias = softmax_scale * torch.einsum("bhmd,hd->bhm", k, p.q_bias.view(num_heads, head_dim))
+    keys = raw_keys * p.norm_weight
+    key_bias = key_bias + raw_keys @ p.norm_bias
+    values = torch.einsum("bhmd,ohd->bhmo", v, p.proj_weight.view(width, num_heads, head_dim))
+    out_bias = p.proj_bias.expand(batch, width)
     scale = None
     if branch_scale is not None:
         # the reference multiplies by branch_scale.to(x.dtype): round the same way
@@ -252,9 +241,7 @@ def _fold(
     )
 
 
-def _fold_backward(
-    folded: _Folded, grads, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, v_weight, proj_weight
-):
+def _fold_backward(folded: _Folded, grads, kv, params: AttentionParams):
     """Chain rule from the reduced gradients of the folded tensors back to the module's inputs.
 
     grads: (d_keys [B, H, M, C], d_key_bias [B, H, M], d_values [B, H, M, C], d_out_bias [B, C]), fp32.
@@ -273,18 +260,19 @@ def _fold_backward(
     # keys = raw_keys * w; key_bias = s * bq.k + raw_keys @ b
     grad_norm_weight = (d_keys * folded.raw_keys).sum((0, 1, 2))
     grad_norm_bias = torch.einsum("bhm,bhmc->c", d_key_bias, folded.raw_keys)
-    d_raw_keys = softmax_scale * (d_keys * norm_weight.float() + d_key_bias[..., None] * norm_bias.float())
+    norm_weight, norm_bias = params.norm_weight.float(), params.norm_bias.float()
+    d_raw_keys = softmax_scale * (d_keys * norm_weight + d_key_bias[..., None] * norm_bias)
     d_qk_bias = softmax_scale * d_key_bias  # gradient of (bq_h . k_h), [B, H, M]
 
     # raw_keys = s * k_h Wq_h
-    wq = q_weight.float().view(num_heads, head_dim, width)
-    bq = q_bias.float().view(num_heads, head_dim)
+    wq = params.q_weight.float().view(num_heads, head_dim, width)
+    bq = params.q_bias.float().view(num_heads, head_dim)
     grad_k = torch.einsum("bhmc,hdc->bhmd", d_raw_keys, wq) + d_qk_bias[..., None] * bq[None, :, None, :]
     grad_q_weight = torch.einsum("bhmd,bhmc->hdc", folded.k, d_raw_keys).reshape(width, width)
     grad_q_bias = torch.einsum("bhm,bhmd->hd", d_qk_bias, folded.k).reshape(width)
 
     # values = v_h Wproj_h^T
-    wp = proj_weight.float().view(width, num_heads, head_dim)
+    wp = params.proj_weight.float().view(width, num_heads, head_dim)
     grad_v = torch.einsum("bhmo,ohd->bhmd", d_values, wp)
     grad_proj_weight = torch.einsum("bhmo,bhmd->ohd", d_values, folded.v).reshape(width, width)
 
@@ -292,23 +280,15 @@ def _fold_backward(
     kv = kv.float().reshape(-1, width)
     grad_k = grad_k.transpose(1, 2).reshape(-1, width)
     grad_v = grad_v.transpose(1, 2).reshape(-1, width)
-    grad_kv = (grad_k @ k_weight.float() + grad_v @ v_weight.float()).view(batch, num_keys, width)
-    return (
-        grad_kv,
-        grad_norm_weight,
-        grad_norm_bias,
-        grad_q_weight,
-        grad_q_bias,
-        grad_k.t() @ kv,
-        grad_k.sum(0),
-        grad_v.t() @ kv,
-        grad_v.sum(0),
-        grad_proj_weight,
-        grad_proj_bias,
-    )
+    grad_kv = (grad_k @ params.k_weight.float() + grad_v @ params.v_weight.float()).view(batch, num_keys, width)
+    grad_params = AttentionParams(
+        grad_norm_weight, grad_norm_bias, grad_q_weight, grad_q_bias, grad_k.t() @ kv, grad_k.sum(0),
+        grad_v.t() @ kv, grad_v.sum(0), grad_proj_weight, grad_proj_bias,
+    )  # fmt: skip
+    return (grad_kv, *grad_params)
 
 
-def _check_inputs(x, kv, params, num_heads, branch_scale) -> None:
+def _check_inputs(x, kv, params: AttentionParams, num_heads, branch_scale) -> None:
     """Shapes (ValueError), then what the kernels do not handle (UnsupportedInput)."""
     if x.dim() != 3 or kv.dim() != 3:
         raise ValueError(
@@ -319,19 +299,7 @@ def _check_inputs(x, kv, params, num_heads, branch_scale) -> None:
         raise ValueError(
             f"side_attention: kv {tuple(kv.shape)} does not match x {tuple(x.shape)} (expected [{batch}, M, {width}])"
         )
-    names = (
-        "norm_weight",
-        "norm_bias",
-        "q_weight",
-        "q_bias",
-        "k_weight",
-        "k_bias",
-        "v_weight",
-        "v_bias",
-        "proj_weight",
-        "proj_bias",
-    )
-    for name, param in zip(names, params):
+    for name, param in zip(AttentionParams._fields, params):
         expected = (width, width) if name.endswith("weight") and name != "norm_weight" else (width,)
         if tuple(param.shape) != expected:
             raise ValueError(
@@ -356,28 +324,13 @@ def _check_inputs(x, kv, params, num_heads, branch_scale) -> None:
     check_tensors("side_attention", x, kv, *params)
 
 
-def side_attention_fwd(
-    x,
-    kv,
-    norm_weight,
-    norm_bias,
-    q_weight,
-    q_bias,
-    k_weight,
-    k_bias,
-    v_weight,
-    v_bias,
-    proj_weight,
-    proj_bias,
-    num_heads,
-    eps=1e-6,
-    branch_scale=None,
-):
-    """Forward launcher. x: [B, N, C]; kv: [B, M, C]. Returns (y [B, N, C] in x's dtype, the fold)."""
-    params = (norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias)
+def side_attention_fwd(x, kv, params: AttentionParams, num_heads, eps=1e-6, branch_scale=None):
+    """Forward launcher. x: [B, N, C]; kv: [B, M, C]; params: the 10 parameter tensors (any sequence in
+    ``AttentionParams`` order). Returns (y [B, N, C] in x's dtype, the fold)."""
+    params = AttentionParams(*params)
     _check_inputs(x, kv, params, num_heads, branch_scale)
     num_heads = int(num_heads)
-    folded = _fold(kv, *params, num_heads, branch_scale, x.dtype)
+    folded = _fold(kv, params, num_heads, branch_scale, x.dtype)
     batch, num_tokens, width = x.shape
     y = torch.empty_like(x)
     if x.numel() == 0:
@@ -387,21 +340,9 @@ def side_attention_fwd(
         return (triton.cdiv(num_tokens, meta["BLOCK_N"]), batch)
 
     _side_attention_fwd_kernel[grid](
-        x,
-        folded.keys,
-        folded.key_bias,
-        folded.values,
-        folded.out_bias,
-        y,
-        num_tokens,
-        width,
-        kv.shape[1],
-        num_heads,
-        eps,
-        BLOCK_C=triton.next_power_of_2(width),
-        BLOCK_M=MAX_KEYS,
-        DOT_PRECISION=dot_precision(x.dtype),
-    )
+        x, folded.keys, folded.key_bias, folded.values, folded.out_bias, y, num_tokens, width, kv.shape[1], num_heads,
+        eps, BLOCK_C=triton.next_power_of_2(width), BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
+    )  # fmt: skip
     return y, folded
 
 
@@ -415,20 +356,7 @@ def _bwd_block_sizes(width: int) -> tuple[int, int, int]:
 
 
 def side_attention_bwd(
-    grad_out,
-    x,
-    folded: _Folded,
-    kv,
-    norm_weight,
-    norm_bias,
-    q_weight,
-    q_bias,
-    k_weight,
-    v_weight,
-    proj_weight,
-    num_heads,
-    eps,
-    num_splits: int | None = None,
+    grad_out, x, folded: _Folded, kv, params: AttentionParams, num_heads, eps, num_splits: int | None = None
 ):
     """Backward launcher. Returns fp32-reduced grads cast to each input's dtype, in the order
     (x, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias).
@@ -454,115 +382,43 @@ def side_attention_bwd(
     grad_x = torch.empty_like(x)
     if num_tokens > 0:
         _side_attention_bwd_kernel[(num_splits, batch)](
-            x,
-            grad_out,
-            folded.keys,
-            folded.key_bias,
-            folded.values,
-            grad_x,
-            d_keys,
-            d_key_bias,
-            d_values,
-            d_out_bias,
-            num_tokens,
-            width,
-            num_keys,
-            num_heads,
-            num_splits,
-            eps,
-            BLOCK_N=block_n,
-            BLOCK_C=block_c,
-            BLOCK_M=MAX_KEYS,
-            DOT_PRECISION=dot_precision(x.dtype),
+            x, grad_out, folded.keys, folded.key_bias, folded.values, grad_x, d_keys, d_key_bias, d_values, d_out_bias,
+            num_tokens, width, num_keys, num_heads, num_splits, eps,
+            BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
             num_warps=num_warps,
-        )
+        )  # fmt: skip
     reduced = (d_keys.sum(1), d_key_bias.sum(1), d_values.sum(1), d_out_bias.sum(1))
-    grads = _fold_backward(
-        folded, reduced, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, v_weight, proj_weight
-    )
+    grads = _fold_backward(folded, reduced, kv, AttentionParams(*params))
     return (grad_x, *(g.to(x.dtype) for g in grads))
 
 
 class SideAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: saves x, kv and the parameters (and the small fp32 fold); the backward recomputes LN and
+    the softmax per token. Arguments in the public op's order, the 10 parameters as ``*params``."""
+
     @staticmethod
-    def forward(
-        ctx,
-        x,
-        kv,
-        norm_weight,
-        norm_bias,
-        q_weight,
-        q_bias,
-        k_weight,
-        k_bias,
-        v_weight,
-        v_bias,
-        proj_weight,
-        proj_bias,
-        num_heads,
-        eps,
-        branch_scale,
-    ):
-        y, folded = side_attention_fwd(
-            x,
-            kv,
-            norm_weight,
-            norm_bias,
-            q_weight,
-            q_bias,
-            k_weight,
-            k_bias,
-            v_weight,
-            v_bias,
-            proj_weight,
-            proj_bias,
-            num_heads,
-            eps,
-            branch_scale,
-        )
-        ctx.save_for_backward(x, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, v_weight, proj_weight)
+    def forward(ctx, x, kv, *args):
+        *params, num_heads, eps, branch_scale = args
+        y, folded = side_attention_fwd(x, kv, params, num_heads, eps, branch_scale)
+        ctx.save_for_backward(x, kv, *params)
         ctx.folded = folded  # small fp32 [B, H, M, C] tensors without autograd history
         ctx.num_heads, ctx.eps = int(num_heads), float(eps)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, v_weight, proj_weight = ctx.saved_tensors
-        grads = side_attention_bwd(
-            grad_out,
-            x,
-            ctx.folded,
-            kv,
-            norm_weight,
-            norm_bias,
-            q_weight,
-            q_bias,
-            k_weight,
-            v_weight,
-            proj_weight,
-            ctx.num_heads,
-            ctx.eps,
-        )
+        x, kv, *params = ctx.saved_tensors
+        grads = side_attention_bwd(grad_out, x, ctx.folded, kv, params, ctx.num_heads, ctx.eps)
         return (*grads, None, None, None)
 
 
 def side_attention(
-    x: torch.Tensor,
-    kv: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    q_weight: torch.Tensor,
-    q_bias: torch.Tensor,
-    k_weight: torch.Tensor,
-    k_bias: torch.Tensor,
-    v_weight: torch.Tensor,
-    v_bias: torch.Tensor,
-    proj_weight: torch.Tensor,
-    proj_bias: torch.Tensor,
-    num_heads: int,
-    eps: float = 1e-6,
-    branch_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, kv: torch.Tensor,
+    norm_weight: torch.Tensor, norm_bias: torch.Tensor, q_weight: torch.Tensor, q_bias: torch.Tensor,
+    k_weight: torch.Tensor, k_bias: torch.Tensor, v_weight: torch.Tensor, v_bias: torch.Tensor,
+    proj_weight: torch.Tensor, proj_bias: torch.Tensor,
+    num_heads: int, eps: float = 1e-6, branch_scale: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """MetaT cross-attention with its residual, ``x + Proj(MultiHead(q=Wq LN1(x), k=Wk kv, v=Wv kv))``
     (HST.md §3 step 1), with Wq / LN1's affine folded into the keys and Wproj into the values (§5).
 
@@ -575,20 +431,5 @@ def side_attention(
     Raises ``UnsupportedInput`` for more than 16 keys, C not divisible by num_heads, C > 1024, mixed
     dtypes/devices or non-contiguous inputs; ``ValueError`` for inconsistent shapes.
     """
-    return SideAttentionFunction.apply(
-        x,
-        kv,
-        norm_weight,
-        norm_bias,
-        q_weight,
-        q_bias,
-        k_weight,
-        k_bias,
-        v_weight,
-        v_bias,
-        proj_weight,
-        proj_bias,
-        num_heads,
-        eps,
-        branch_scale,
-    )
+    params = (norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias)
+    return SideAttentionFunction.apply(x, kv, *params, num_heads, eps, branch_scale)
