@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._compat import UnsupportedInput, check_tensors, sm_count
+from ._tiles import layer_norm_tile, load_affine, row_tile, saved_layer_norm_tile
 
 __all__ = ["MAX_WIDTH", "LayerNormFunction", "layer_norm", "layer_norm_bwd", "layer_norm_fwd"]
 
@@ -39,20 +40,13 @@ def _layer_norm_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # int64: rows * C may pass 2**31
     cols = tl.arange(0, BLOCK_C)
-    row_mask = rows < M
     col_mask = cols < C
-    mask = row_mask[:, None] & col_mask[None, :]
-    offsets = rows[:, None] * C + cols[None, :]
+    rows, row_mask, mask, offsets = row_tile(tl.program_id(0), M, C, cols, col_mask, BLOCK_M)
 
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    centered = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(centered * centered, axis=1) / C + eps)
-    weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    y = centered * rstd[:, None] * weight[None, :] + bias[None, :]
+    mean, rstd, x_hat = layer_norm_tile(x_ptr, offsets, mask, C, eps)
+    weight, bias = load_affine(weight_ptr, bias_ptr, cols, col_mask)
+    y = x_hat * weight[None, :] + bias[None, :]
 
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=row_mask)
@@ -83,16 +77,9 @@ def _layer_norm_bwd_kernel(
     dbias = tl.zeros([BLOCK_C], dtype=tl.float32)
 
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # int64: rows * C may pass 2**31
-        row_mask = rows < M
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows[:, None] * C + cols[None, :]
-
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
+        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
-        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         weighted_dy = dy * weight[None, :]
         # dx = rstd * (w*dy - mean(w*dy) - x_hat * mean(w*dy * x_hat)); padded columns are zero in both sums.
         mean_wdy = tl.sum(weighted_dy, axis=1) / C

@@ -32,6 +32,7 @@ from ._compat import (
     prune_by_registers,
     sm_count,
 )
+from ._tiles import layer_norm_tile, load_affine, row_tile, saved_layer_norm_tile
 
 __all__ = ["MAX_WIDTH", "SideFFNFunction", "side_ffn", "side_ffn_bwd", "side_ffn_fwd"]
 
@@ -96,6 +97,22 @@ def _gelu_with_grad(pre):
     return pre * cdf, cdf + pre * pdf
 
 
+@triton.jit
+def _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE: tl.constexpr):
+    """The LayerNorm output ``x_hat * w + b`` as FC1's ``tl.dot`` operand: rounded to x's dtype like the reference's
+    LN output, then cast to DOT_DTYPE; padded columns are exactly zero."""
+    return (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+
+@triton.jit
+def _scale_rows(t, scale_ptr, rows, row_mask, N, HAS_SCALE: tl.constexpr):
+    """``t`` [BLOCK_M, BLOCK_C] times its rows' per-sample branch scale (row r is in sample r // N), if HAS_SCALE."""
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
+        t = t * scale[:, None]
+    return t
+
+
 @triton.autotune(configs=_ROW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_rows})
 @triton.jit
 def _side_ffn_fwd_kernel(
@@ -122,22 +139,13 @@ def _side_ffn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # int64: rows * C may pass 2**31
     cols = tl.arange(0, BLOCK_C)
-    row_mask = rows < M
     col_mask = cols < C
-    mask = row_mask[:, None] & col_mask[None, :]
-    offsets = rows[:, None] * C + cols[None, :]
+    rows, row_mask, mask, offsets = row_tile(tl.program_id(0), M, C, cols, col_mask, BLOCK_M)
 
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    centered = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(centered * centered, axis=1) / C + eps)
-    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    # Rounded to x's dtype like the reference's LN output; padded columns are exactly zero.
-    normed = centered * rstd[:, None] * norm_weight[None, :] + norm_bias[None, :]
-    normed = normed.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+    mean, rstd, x_hat = layer_norm_tile(x_ptr, offsets, mask, C, eps)
+    norm_weight, norm_bias = load_affine(norm_weight_ptr, norm_bias_ptr, cols, col_mask)
+    normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
 
     acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for start in range(0, H, BLOCK_H):
@@ -156,10 +164,7 @@ def _side_ffn_fwd_kernel(
         acc = tl.dot(act, tl.trans(w2.to(DOT_DTYPE)), acc, input_precision=PRECISION)
 
     fc2_bias = tl.load(fc2_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    branch = acc + fc2_bias[None, :]
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
-        branch = branch * scale[:, None]
+    branch = _scale_rows(acc + fc2_bias[None, :], scale_ptr, rows, row_mask, N, HAS_SCALE)
     # x is read again rather than held in registers through the hidden loop.
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offsets, (x + branch).to(y_ptr.dtype.element_ty), mask=mask)
@@ -199,28 +204,18 @@ def _side_ffn_bwd_dx_kernel(
     num_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    norm_weight, norm_bias = load_affine(norm_weight_ptr, norm_bias_ptr, cols, col_mask)
     dnorm_weight = tl.zeros([BLOCK_C], dtype=tl.float32)
     dnorm_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
     dfc2_bias = tl.zeros([BLOCK_C], dtype=tl.float32)
 
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        row_mask = rows < M
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows[:, None] * C + cols[None, :]
-
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
-        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        normed = (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+        rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
+        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
+        normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        dbranch = dy  # padded rows and columns are zero, so they add nothing below
-        if HAS_SCALE:
-            scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
-            dbranch = dy * scale[:, None]
+        # padded rows and columns are zero, so they add nothing below
+        dbranch = _scale_rows(dy, scale_ptr, rows, row_mask, N, HAS_SCALE)
         dfc2_bias += tl.sum(dbranch, axis=0)
         dbranch = dbranch.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
 
@@ -293,8 +288,7 @@ def _side_ffn_bwd_dw_kernel(
     hidden = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_mask = hidden < H
     w_mask = h_mask[:, None] & col_mask[None, :]  # for [BLOCK_H, BLOCK_C] tiles
-    norm_weight = tl.load(norm_weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    norm_bias = tl.load(norm_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    norm_weight, norm_bias = load_affine(norm_weight_ptr, norm_bias_ptr, cols, col_mask)
     w1 = tl.load(fc1_weight_ptr + hidden[:, None] * C + cols[None, :], mask=w_mask, other=0.0).to(DOT_DTYPE)
     b1 = tl.load(fc1_bias_ptr + hidden, mask=h_mask, other=0.0).to(tl.float32)
     w2 = tl.load(  # [BLOCK_C, BLOCK_H]
@@ -305,20 +299,11 @@ def _side_ffn_bwd_dw_kernel(
     db1 = tl.zeros([BLOCK_H], dtype=tl.float32)
 
     for tile in range(split, tl.cdiv(M, BLOCK_M), num_splits):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        row_mask = rows < M
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = rows[:, None] * C + cols[None, :]
-
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
-        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        normed = (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
-        dbranch = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # zero on padded rows
-        if HAS_SCALE:
-            scale = tl.load(scale_ptr + rows // N, mask=row_mask, other=0.0)
-            dbranch = dbranch * scale[:, None]
+        rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
+        _, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
+        normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # zero on padded rows
+        dbranch = _scale_rows(dy, scale_ptr, rows, row_mask, N, HAS_SCALE)
         dbranch = dbranch.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
 
         pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
