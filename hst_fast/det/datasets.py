@@ -1,0 +1,28 @@
+"""The generated shapes detection set as an mmdet ``CocoDataset`` (classes, palette, written on first use)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATASETS
+from mmengine.logging import print_log
+
+from hst_fast.data import SHAPE_CLASSES, make_shapes_coco
+
+
+@DATASETS.register_module()
+class ShapesCocoDataset(CocoDataset):
+    """COCO-format coloured shapes (``hst_fast.data.make_shapes_coco``) under ``data_root``.
+
+    ``generator`` holds the generator's parameters (num_train, num_val, image_size, max_shapes, seed);
+    both splits are written together the first time either is built, and rewritten when the parameters
+    change. Everything else is ``CocoDataset``'s (``ann_file='annotations/train.json'``, ``data_prefix``...).
+    """
+
+    GENERATES_DATA = True  # hst_fast.det.checks skips its paths: they exist once it is built
+    METAINFO = dict(classes=SHAPE_CLASSES, palette=[(220, 20, 60), (0, 128, 255), (60, 180, 75)])
+
+    def __init__(self, *args: Any, data_root: str = "", generator: Optional[dict] = None, **kwargs: Any):
+        make_shapes_coco(data_root, **(generator or {}))
+        print_log(f"shapes COCO data at {data_root} (generator {generator or 'defaults'})", logger="current")
+        super().__init__(*args, data_root=data_root, **kwargs)

@@ -1,0 +1,46 @@
+"""Shared settings for the mmdet / mmengine tests: tiny variants of the demo configs via --cfg-options."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64) -> Dict[str, object]:
+    """cascade_demo.py shrunk to a few 64 px images and iterations (same generator for both splits)."""
+    root = str(data_root) + "/"
+    generator = dict(num_train=8, num_val=4, image_size=image_size, max_shapes=2, seed=0)
+    return {
+        "train_dataloader.batch_size": 2,
+        "train_dataloader.num_workers": 0,
+        "train_dataloader.persistent_workers": False,
+        "train_dataloader.dataset.data_root": root,
+        "train_dataloader.dataset.generator": generator,
+        "val_dataloader.num_workers": 0,
+        "val_dataloader.persistent_workers": False,
+        "val_dataloader.dataset.data_root": root,
+        "val_dataloader.dataset.generator": generator,
+        "test_dataloader.num_workers": 0,
+        "test_dataloader.persistent_workers": False,
+        "test_dataloader.dataset.data_root": root,
+        "test_dataloader.dataset.generator": generator,
+        "val_evaluator.ann_file": root + "annotations/val.json",
+        "test_evaluator.ann_file": root + "annotations/val.json",
+        "train_cfg.max_epochs": max_epochs,
+        "train_cfg.val_interval": max_epochs,
+        "default_hooks.checkpoint.interval": 1,
+        "default_hooks.logger.interval": 1,
+    }
+
+
+def as_cli(options: Dict[str, object]) -> List[str]:
+    """``--cfg-options`` arguments (DictAction syntax) for ``options``; dict values become one key each."""
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return ["--cfg-options", *(f"{k}={v}" for k, v in flat.items())]
