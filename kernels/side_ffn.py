@@ -127,18 +127,12 @@ def _side_ffn_fwd_kernel(
     scale_ptr,  # [B] fp32 per-sample branch scale, read only if HAS_SCALE
     mean_ptr,  # [M] fp32, saved for the backward
     rstd_ptr,  # [M] fp32, 1 / sqrt(var + eps), saved for the backward
-    M,
-    C,
-    H,
+    M, C, H,
     N,  # rows per sample: row r belongs to sample r // N
     eps,
-    HAS_SCALE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
+    HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
     rows, row_mask, mask, offsets = row_tile(tl.program_id(0), M, C, cols, col_mask, BLOCK_M)
@@ -189,17 +183,10 @@ def _side_ffn_bwd_dx_kernel(
     dnorm_weight_partial_ptr,  # [num_programs, C] fp32, this program's sum over its rows
     dnorm_bias_partial_ptr,  # [num_programs, C] fp32
     dfc2_bias_partial_ptr,  # [num_programs, C] fp32
-    M,
-    C,
-    H,
-    N,
-    HAS_SCALE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
+    M, C, H, N,
+    HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
@@ -257,30 +244,17 @@ def _side_ffn_bwd_dx_kernel(
 @triton.autotune(configs=_DW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_dw})
 @triton.jit
 def _side_ffn_bwd_dw_kernel(
-    x_ptr,  # [M, C] forward input
-    dy_ptr,  # [M, C] gradient of the output
-    norm_weight_ptr,  # [C]
-    norm_bias_ptr,  # [C]
-    fc1_weight_ptr,  # [H, C]
-    fc1_bias_ptr,  # [H]
-    fc2_weight_ptr,  # [C, H]
-    scale_ptr,  # [B] fp32, read only if HAS_SCALE
-    mean_ptr,  # [M] fp32
-    rstd_ptr,  # [M] fp32
+    # The dx kernel's 10 inputs: x, dy [M, C]; norm_weight, norm_bias [C]; fc1_weight [H, C]; fc1_bias [H];
+    # fc2_weight [C, H]; scale [B] fp32 (read only if HAS_SCALE); mean, rstd [M] fp32.
+    x_ptr, dy_ptr, norm_weight_ptr, norm_bias_ptr, fc1_weight_ptr, fc1_bias_ptr, fc2_weight_ptr, scale_ptr,
+    mean_ptr, rstd_ptr,
     dfc1_weight_partial_ptr,  # [num_splits, H, C] fp32, this row split's sum
     dfc1_bias_partial_ptr,  # [num_splits, H] fp32
     dfc2_weight_partial_ptr,  # [num_splits, C, H] fp32
-    M,
-    C,
-    H,
-    N,
-    HAS_SCALE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
+    M, C, H, N,
+    HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
     cols = tl.arange(0, BLOCK_C)
@@ -320,17 +294,12 @@ def _side_ffn_bwd_dw_kernel(
     tl.store(dfc1_bias_partial_ptr + split * H + hidden, db1, mask=h_mask)
 
 
-def _check(
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor,
-    branch_scale: torch.Tensor | None,
-) -> None:
+_PARAM_NAMES = ("norm_weight", "norm_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+
+
+def _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale) -> None:
     """Raises ValueError for inconsistent shapes, UnsupportedInput for inputs the kernels do not handle."""
+    params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     width = x.shape[-1] if x.dim() else 0
     hidden = fc1_weight.shape[0] if fc1_weight.dim() == 2 else -1
     shapes_ok = (
@@ -346,18 +315,7 @@ def _check(
         raise ValueError(
             "side_ffn: expected x [..., C], norm_weight/norm_bias [C], fc1_weight [H, C], fc1_bias [H], "
             "fc2_weight [C, H], fc2_bias [C]; got "
-            + ", ".join(
-                f"{name} {tuple(t.shape)}"
-                for name, t in (
-                    ("x", x),
-                    ("norm_weight", norm_weight),
-                    ("norm_bias", norm_bias),
-                    ("fc1_weight", fc1_weight),
-                    ("fc1_bias", fc1_bias),
-                    ("fc2_weight", fc2_weight),
-                    ("fc2_bias", fc2_bias),
-                )
-            )
+            + ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(("x", *_PARAM_NAMES), (x, *params)))
         )
     if branch_scale is not None:
         if x.dim() != 3:
@@ -367,7 +325,7 @@ def _check(
                 f"side_ffn: branch_scale must be [B] or [B, 1, 1] with B = {x.shape[0]}, "
                 f"got {tuple(branch_scale.shape)}"
             )
-    check_tensors("side_ffn", x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    check_tensors("side_ffn", x, *params)
     if width > MAX_WIDTH:
         raise UnsupportedInput(f"side_ffn: C = {width} is wider than the kernel's limit of {MAX_WIDTH}")
     if branch_scale is not None:
@@ -393,15 +351,7 @@ def _launch_meta(x: torch.Tensor, branch_scale: torch.Tensor | None) -> dict:
 
 
 def side_ffn_fwd(
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor,
-    eps: float = 1e-6,
-    branch_scale: torch.Tensor | None = None,
+    x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps=1e-6, branch_scale=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward launcher; arguments as ``side_ffn``. Returns (y [..., C], mean [M] fp32, rstd [M] fp32)."""
     _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, branch_scale)
@@ -416,39 +366,16 @@ def side_ffn_fwd(
     meta = _launch_meta(x, branch_scale)
     scale = meta.pop("scale")
     _side_ffn_fwd_kernel[lambda config: (triton.cdiv(rows, config["BLOCK_M"]),)](
-        x2d,
-        y,
-        norm_weight,
-        norm_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        scale,
-        mean,
-        rstd,
-        rows,
-        width,
-        hidden,
-        eps=eps,
-        **meta,
-    )
+        x2d, y, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, scale, mean, rstd,
+        rows, width, hidden, eps=eps, **meta,
+    )  # fmt: skip
     return y, mean, rstd
 
 
 def side_ffn_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor,
-    fc2_weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    branch_scale: torch.Tensor | None = None,
+    dy, x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale=None,
     fc_weight_grads: bool = True,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """Backward launcher. dy, x: [..., C]; weights as in ``side_ffn``; mean, rstd: [M] fp32 from ``side_ffn_fwd``.
 
     Returns (dx, dnorm_weight, dnorm_bias, dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias) in x's dtype; the FC1
@@ -465,6 +392,8 @@ def side_ffn_bwd(
     meta = _launch_meta(x, branch_scale)
     scale = meta.pop("scale")
     num_sms = sm_count(x.device)
+    # What both backward kernels read, in their argument order.
+    inputs = (x2d, dy.view(-1, width), norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, scale, mean, rstd)
 
     def float_empty(*shape: int) -> torch.Tensor:
         return torch.empty(*shape, device=x.device, dtype=torch.float32)
@@ -472,24 +401,7 @@ def side_ffn_bwd(
     num_programs = min(triton.cdiv(rows, 32), 4 * num_sms)
     dnorm_weight, dnorm_bias, dfc2_bias = (float_empty(num_programs, width) for _ in range(3))
     _side_ffn_bwd_dx_kernel[(num_programs,)](
-        x2d,
-        dy.view(-1, width),
-        norm_weight,
-        norm_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        scale,
-        mean,
-        rstd,
-        dx,
-        dnorm_weight,
-        dnorm_bias,
-        dfc2_bias,
-        rows,
-        width,
-        hidden,
-        **meta,
+        *inputs, dx, dnorm_weight, dnorm_bias, dfc2_bias, rows, width, hidden, **meta
     )
     grads = [dx] + [partial.sum(0).to(x.dtype) for partial in (dnorm_weight, dnorm_bias)]
     if not fc_weight_grads:
@@ -501,23 +413,7 @@ def side_ffn_bwd(
     dfc1_weight, dfc2_weight = float_empty(num_splits, hidden, width), float_empty(num_splits, width, hidden)
     dfc1_bias = float_empty(num_splits, hidden)
     _side_ffn_bwd_dw_kernel[lambda config: (triton.cdiv(hidden, config["BLOCK_H"]), num_splits)](
-        x2d,
-        dy.view(-1, width),
-        norm_weight,
-        norm_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        scale,
-        mean,
-        rstd,
-        dfc1_weight,
-        dfc1_bias,
-        dfc2_weight,
-        rows,
-        width,
-        hidden,
-        **meta,
+        *inputs, dfc1_weight, dfc1_bias, dfc2_weight, rows, width, hidden, **meta
     )
     fc_grads = [partial.sum(0).to(x.dtype) for partial in (dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias)]
     return (*grads, *fc_grads)
@@ -527,55 +423,24 @@ class SideFFNFunction(torch.autograd.Function):
     """Autograd wrapper: saves x, the weights and the fp32 row statistics; the backward recomputes the rest."""
 
     @staticmethod
-    def forward(
-        ctx,
-        x: torch.Tensor,
-        norm_weight: torch.Tensor,
-        norm_bias: torch.Tensor,
-        fc1_weight: torch.Tensor,
-        fc1_bias: torch.Tensor,
-        fc2_weight: torch.Tensor,
-        fc2_bias: torch.Tensor,
-        eps: float,
-        branch_scale: torch.Tensor | None,
-    ) -> torch.Tensor:
-        y, mean, rstd = side_ffn_fwd(
-            x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale
-        )
+    def forward(ctx, x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale):
+        params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        y, mean, rstd = side_ffn_fwd(x, *params, eps, branch_scale)
         ctx.save_for_backward(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = side_ffn_bwd(
-            dy,
-            x,
-            norm_weight,
-            norm_bias,
-            fc1_weight,
-            fc1_bias,
-            fc2_weight,
-            mean,
-            rstd,
-            branch_scale,
-            fc_weight_grads=any(needs[3:6]),
-        )
+        grads = side_ffn_bwd(dy, *ctx.saved_tensors, fc_weight_grads=any(needs[3:6]))
         return (*(grad if need else None for grad, need in zip(grads, needs[:7])), None, None)
 
 
 def side_ffn(
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor,
-    eps: float = 1e-6,
-    branch_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+    fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor,
+    eps: float = 1e-6, branch_scale: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Fused ``x + branch_scale[b] * FC2(GELU(FC1(LayerNorm(x))))`` with exact (erf) GELU (HST.md §3, step 3).
 
     x: [B, N, C] (or [..., C] without ``branch_scale``), C <= ``MAX_WIDTH``; norm_weight, norm_bias: [C];
@@ -583,7 +448,8 @@ def side_ffn(
     branch_scale: optional [B] (or [B, 1, 1]) per-sample drop-path scale, applied to the whole branch.
     x and the weights: one dtype of float32, float16, bfloat16, contiguous, one device; LayerNorm statistics,
     matmul accumulation and weight-gradient sums in fp32. Returns [..., C] in x's dtype. Differentiable in x and
-    all weights; ``branch_scale`` gets no gradient (it must not require one).
+    all weights; ``branch_scale`` gets no gradient (it must not require one). Same signature and result as
+    ``reference.side_ffn_reference``.
 
     The [..., H] hidden activation never reaches global memory, in the forward or the backward.
     Raises ``ValueError`` for inconsistent shapes and ``UnsupportedInput`` (a ``ValueError``) for inputs the kernels
@@ -592,6 +458,5 @@ def side_ffn(
     if branch_scale is not None and branch_scale.requires_grad and torch.is_grad_enabled():
         # Checked here: inside SideFFNFunction.forward grad mode is off.
         raise UnsupportedInput("side_ffn: branch_scale is a drop-path mask and gets no gradient here")
-    return SideFFNFunction.apply(
-        x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, eps, branch_scale
-    )
+    params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    return SideFFNFunction.apply(x, *params, eps, branch_scale)
