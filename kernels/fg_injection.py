@@ -63,36 +63,39 @@ def _bilinear_taps(offs_t, out_w, in_h, in_w, scale_h, scale_w):
 
 
 @triton.jit
+def _token_tile(MAP, C, in_h, in_w, out_h, out_w, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile: output tokens ``program_id(0) * BLOCK_T + [0, BLOCK_T)``, channels
+    ``program_id(1) * BLOCK_C + [0, BLOCK_C)``, of batch element ``program_id(2)``.
+
+    Returns (offs_t [BLOCK_T] token indices; tok [BLOCK_T, BLOCK_C] offsets into the [B, out_h * out_w, C]
+    tokens; mask; map [1, BLOCK_C] pointers to the tile's channels of this batch element's [in_h * in_w, C]
+    rows of MAP, the [B, in_h * in_w, C] low-resolution map)."""
+    pid_b = tl.program_id(2).to(tl.int64)
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_t = offs_t < out_h * out_w
+    mask = mask_t[:, None] & (offs_c < C)[None, :]
+    tok = pid_b * out_h * out_w * C + offs_t[:, None] * C + offs_c[None, :]
+    return offs_t, tok, mask, MAP + pid_b * in_h * in_w * C + offs_c[None, :]
+
+
+@triton.jit
 def _fg_injection_fwd_kernel(
     X,  # [B, out_h * out_w, C] side tokens
     BR,  # [B, in_h * in_w, C] bridged ViT patch map (channels-last)
     Y,  # [B, out_h * out_w, C] output, x's dtype
-    C,
-    in_h,
-    in_w,
-    out_h,
-    out_w,
-    scale_h,  # in_h / out_h (fp32)
-    scale_w,  # in_w / out_w (fp32)
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_t = offs_t < out_h * out_w
-    mask = mask_t[:, None] & (offs_c < C)[None, :]
+    C, in_h, in_w, out_h, out_w,
+    scale_h, scale_w,  # in_h / out_h, in_w / out_w (fp32)
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_t, tok, mask, br = _token_tile(BR, C, in_h, in_w, out_h, out_w, BLOCK_T, BLOCK_C)
     i00, i01, i10, i11, w00, w01, w10, w11 = _bilinear_taps(offs_t, out_w, in_h, in_w, scale_h, scale_w)
 
-    br = BR + pid_b * in_h * in_w * C + offs_c[None, :]
     acc = w00[:, None] * tl.load(br + i00[:, None] * C, mask=mask, other=0.0).to(tl.float32)
     acc += w01[:, None] * tl.load(br + i01[:, None] * C, mask=mask, other=0.0).to(tl.float32)
     acc += w10[:, None] * tl.load(br + i10[:, None] * C, mask=mask, other=0.0).to(tl.float32)
     acc += w11[:, None] * tl.load(br + i11[:, None] * C, mask=mask, other=0.0).to(tl.float32)
 
-    tok = pid_b * out_h * out_w * C + offs_t[:, None] * C + offs_c[None, :]
     x = tl.load(X + tok, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y + tok, (x + acc).to(Y.dtype.element_ty), mask=mask)
 
@@ -101,28 +104,13 @@ def _fg_injection_fwd_kernel(
 def _fg_injection_bwd_kernel(
     DY,  # [B, out_h * out_w, C] upstream gradient
     DBR,  # [B, in_h * in_w, C] fp32, zero-initialized: gradient of the bridged map (atomics)
-    C,
-    in_h,
-    in_w,
-    out_h,
-    out_w,
-    scale_h,
-    scale_w,
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_t = offs_t < out_h * out_w
-    mask = mask_t[:, None] & (offs_c < C)[None, :]
+    C, in_h, in_w, out_h, out_w, scale_h, scale_w,  # as in the forward kernel
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_t, tok, mask, dbr = _token_tile(DBR, C, in_h, in_w, out_h, out_w, BLOCK_T, BLOCK_C)
     i00, i01, i10, i11, w00, w01, w10, w11 = _bilinear_taps(offs_t, out_w, in_h, in_w, scale_h, scale_w)
 
-    tok = pid_b * out_h * out_w * C + offs_t[:, None] * C + offs_c[None, :]
     dy = tl.load(DY + tok, mask=mask, other=0.0).to(tl.float32)
-    dbr = DBR + pid_b * in_h * in_w * C + offs_c[None, :]
     tl.atomic_add(dbr + i00[:, None] * C, w00[:, None] * dy, mask=mask, sem="relaxed")
     tl.atomic_add(dbr + i01[:, None] * C, w01[:, None] * dy, mask=mask, sem="relaxed")
     tl.atomic_add(dbr + i10[:, None] * C, w10[:, None] * dy, mask=mask, sem="relaxed")
