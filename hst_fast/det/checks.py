@@ -76,11 +76,11 @@ def check_config_keys(cfg: Config, cfg_options: Optional[Dict] = None) -> None:
     """
     known = RUNNER_KEYS + CONFIG_KEYS
     problems = []
-    for key in (cfg_options or {}):
+    for key, value in (cfg_options or {}).items():
         top = key.split(".")[0]
         if top not in known:
             problems.append(
-                f"--cfg-options {key}: {top!r} is not read by the Runner. Variables such as data_root are used only "
+                f"--cfg-options {key}={value}: {top!r} is not read by the Runner. Variables such as data_root are used only "
                 f"while the config file is parsed, so overriding them here changes nothing; override the keys that "
                 f"use them (e.g. train_dataloader.dataset.data_root=..., val_evaluator.ann_file=...)."
             )
