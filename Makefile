@@ -19,7 +19,7 @@ $(STAMP): setup.py $(CONSTRAINTS) scripts/build_mmcv.sh
 	touch $(STAMP)
 
 demo: install
-	$(PYTHON) -m hst_fast.train configs/cascade_demo.py
+	OMP_NUM_THREADS=1 $(PYTHON) -m hst_fast.train configs/cascade_demo.py
 
 test: install
 	$(PYTHON) -m pytest tests/ -q

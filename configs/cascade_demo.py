@@ -5,7 +5,7 @@
 # checkpoints + adapter/, resume, and mAP well above zero after a few hundred iterations.
 #
 #   python -m hst_fast.train configs/cascade_demo.py            (make demo)
-#   python -m hst_fast.test configs/cascade_demo.py work_dirs/cascade_demo/epoch_8.pth --show-dir vis
+#   python -m hst_fast.test configs/cascade_demo.py work_dirs/cascade_demo/epoch_5.pth --show-dir vis
 #
 # Everything that differs from configs/cascade.py is there to make it small and fast: 160 px images, a
 # 4-block ViT (no pretrained file), narrow neck/heads and few RoIs.
@@ -85,16 +85,16 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
 test_evaluator = val_evaluator
 
-# 8 epochs of 100 iterations, evaluated at the end; a short warm-up and a higher lr than cascade.py's
-# 1e-4, since the side network and heads train from scratch here, with a step decay for the last 2 epochs.
-max_epochs = 8
+# 5 epochs of 100 iterations (batch 4), evaluated at the end; a short warm-up and a higher lr than cascade.py's
+# 1e-4, since the side network and heads train from scratch here, with a step decay for the last epoch.
+max_epochs = 5
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[6], gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[4], gamma=0.1),
 ]
 optim_wrapper = dict(optimizer=dict(lr=4e-4))
 
-default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=4))
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=5))
 env_cfg = dict(mp_cfg=dict(mp_start_method='fork'))
 randomness = dict(seed=0)

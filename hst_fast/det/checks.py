@@ -80,9 +80,9 @@ def check_config_keys(cfg: Config, cfg_options: Optional[Dict] = None) -> None:
         top = key.split(".")[0]
         if top not in known:
             problems.append(
-                f"--cfg-options {key}={value}: {top!r} is not read by the Runner. Variables such as data_root are used only "
-                f"while the config file is parsed, so overriding them here changes nothing; override the keys that "
-                f"use them (e.g. train_dataloader.dataset.data_root=..., val_evaluator.ann_file=...)."
+                f"--cfg-options {key}={value}: {top!r} is not read by the Runner. Variables such as data_root are "
+                f"used only while the config file is parsed, so overriding them here changes nothing; override the "
+                f"keys that use them (e.g. train_dataloader.dataset.data_root=..., val_evaluator.ann_file=...)."
             )
     for key in cfg.keys():
         if key in known or key in BASE_VARIABLES or key.startswith("_"):

@@ -92,4 +92,5 @@ class AdapterCheckpointHook(Hook):
         directory = osp.join(self.out_dir or runner.work_dir, "adapter")
         save_task_adapter(runner.model, directory)
         meta = checkpoint.get("meta", {})
-        print_log(f"adapter saved to {directory} (epoch {meta.get('epoch')}, iter {meta.get('iter')})", logger="current")
+        print_log(f"adapter saved to {directory} (epoch {meta.get('epoch')}, iter {meta.get('iter')})",
+                  logger="current")

@@ -4,6 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
@@ -44,3 +47,14 @@ def as_cli(options: Dict[str, object]) -> List[str]:
         else:
             flat[key] = value
     return ["--cfg-options", *(f"{k}={v}" for k, v in flat.items())]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread while a module of these tests runs (restored after): the detector's many small
+    ops gain nothing from a second thread, and on a shared 2-core machine OpenMP's spinning threads make
+    them up to 10x slower. Imported by each test module, which makes it apply there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

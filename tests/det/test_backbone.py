@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 pytest.importorskip("mmcv.ops", reason="mmcv was built without its compiled ops")
 
-from det_helpers import CONFIGS  # noqa: E402
+from det_helpers import CONFIGS, one_torch_thread  # noqa: E402,F401
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
 from mmengine.config import Config  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 
-from det_helpers import CONFIGS, as_cli  # noqa: E402
+from det_helpers import CONFIGS, as_cli, one_torch_thread  # noqa: E402,F401
 
 from hst_fast import test as test_driver  # noqa: E402
 from hst_fast import train as train_driver  # noqa: E402

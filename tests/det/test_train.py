@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 pytest.importorskip("mmcv.ops", reason="mmcv was built without its compiled ops")
 
-from det_helpers import CONFIGS, as_cli, tiny_det_options  # noqa: E402
+from det_helpers import CONFIGS, as_cli, one_torch_thread, tiny_det_options  # noqa: E402,F401
 
 from hst_fast import test as test_driver  # noqa: E402
 from hst_fast import train as train_driver  # noqa: E402
