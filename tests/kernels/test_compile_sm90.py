@@ -12,12 +12,14 @@ Cases (54): each of the 9 kernels at fp32, bf16 and fp16, at two widths: C = 64 
 detection config's narrowest and widest side stage; hidden 4C, 9 keys), 64 and 768 for ``layer_norm``. Launch
 configuration as the launcher picks it (its own block-size helpers, ``_launch_meta``, ``dot_precision``: fp32 dots
 are ``'ieee'`` as under PyTorch's default ``allow_tf32=False``); ``side_ffn`` with a drop-path scale (``HAS_SCALE``,
-the training path). Autotuned kernels (``side_ffn``'s three, ``side_attention``'s forward) compile the configs left
-by their ``early_config_prune`` in autotuning order until one compiles and fits in the H100's 227 KiB of shared
-memory, as the autotuner skips configs that run out of resources; a case passes if one does. A non-autotuned kernel
-passes if its one config does. About 80-90 s on 2 CPU cores with an empty Triton cache (compiles run in
-``os.cpu_count()`` processes); reruns hit Triton's cache. Run ``compile_sm90.py`` by hand for the table of
-registers, spills and shared memory, ``--all-configs`` to compile every pruned autotune config.
+the training path). Autotuned kernels (``side_ffn``'s three, ``side_attention``'s forward) compile the smallest
+config their ``early_config_prune`` keeps (smallest product of block sizes, then most warps): the autotuner skips
+configs that run out of resources, so a launch works as long as that one compiles and fits in the H100's 227 KiB of
+shared memory (larger configs may not: at fp32, C = 384 the first configs of all three ``side_ffn`` kernels need
+266-401 KB). Every case must compile to a cubin within the H100's shared memory. About 80-90 s on 2 CPU cores
+with an empty Triton cache (compiles run in ``os.cpu_count()`` processes); reruns hit Triton's cache. Run
+``compile_sm90.py`` by hand for the table of registers, spills and shared memory, ``--all-configs`` to compile
+every pruned autotune config.
 
 Skipped, never failed, where the installed Triton has no CUDA backend or no ``ptxas``.
 """
