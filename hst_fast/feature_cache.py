@@ -84,7 +84,7 @@ class FeatureCache:
             tokens = torch.stack([torch.from_numpy(s) for s in stored]).view(self.dtype)
         else:
             self.misses += sum(s is None for s in stored)
-            tokens = self._compute(model, images)  # [B, L, 1 + Hv*Wv, D] in the storage dtype
+            tokens = self._compute(model, images).to(self.dtype)  # [B, L, 1 + Hv*Wv, D], rounded as stored
             for sample_id, sample_tokens, old in zip(sample_ids, tokens, stored):
                 if old is None:
                     self._write(self.path(sample_id), sample_tokens, input_size)

@@ -1,4 +1,4 @@
-"""Loading the released-code fixtures (``../shared/fixtures``) into hst_fast models."""
+"""Test helpers: the released-code fixtures (``../shared/fixtures``) and well-conditioned comparisons."""
 from __future__ import annotations
 
 import json
@@ -41,3 +41,23 @@ def model_for_fixture(meta: dict, weights: Dict[str, torch.Tensor], kernel_backe
     )
     model.load_official_state_dict(weights)
     return model
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def well_conditioned_gradients(model, images, seed=0):
+    """Gradients of a fixed random projection of every stage output and the logits, in eval mode.
+
+    The fixtures' own loss runs through train-mode BatchNorm over a batch of two, which amplifies
+    rounding ~1000x (see test_fixtures); this loss reaches every parameter without that."""
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    model.zero_grad()
+    stages = model.forward_stage_tokens(images)
+    loss = model.forward_head(stages[-1][0]).mul(torch.randn(1, generator=generator)).sum()
+    for x, _ in stages:
+        loss = loss + (x * torch.randn(x.shape, generator=generator)).sum()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}

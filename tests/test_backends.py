@@ -4,24 +4,15 @@ On CPU the Triton kernels run under the interpreter (conftest sets TRITON_INTERP
 """
 import pytest
 import torch
-from fixture_utils import FIXTURE_FILES, model_for_fixture, read_fixture, split_prefix
-from test_fixtures import relative_error, run_fixture_sequence
-
-
-def well_conditioned_gradients(model, images, seed=0):
-    """Gradients of a fixed random projection of every stage output and the logits, in eval mode.
-
-    The fixtures' own loss runs through train-mode BatchNorm over a batch of two, which amplifies
-    rounding ~1000x (see test_fixtures); this loss reaches every parameter without that."""
-    generator = torch.Generator().manual_seed(seed)
-    model.eval()
-    model.zero_grad()
-    stages = model.forward_stage_tokens(images)
-    loss = model.forward_head(stages[-1][0]).mul(torch.randn(1, generator=generator)).sum()
-    for x, _ in stages:
-        loss = loss + (x * torch.randn(x.shape, generator=generator)).sum()
-    loss.backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+from fixture_utils import (
+    FIXTURE_FILES,
+    model_for_fixture,
+    read_fixture,
+    relative_error,
+    split_prefix,
+    well_conditioned_gradients,
+)
+from test_fixtures import run_fixture_sequence
 
 
 @pytest.mark.parametrize("task", sorted(FIXTURE_FILES), ids=lambda task: f"{task}_tiny")

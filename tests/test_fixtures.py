@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from fixture_utils import FIXTURE_FILES, model_for_fixture, read_fixture, split_prefix
+from fixture_utils import FIXTURE_FILES, model_for_fixture, read_fixture, relative_error, split_prefix
 
 
 def run_fixture_sequence(model, tensors):
@@ -27,10 +27,6 @@ def run_fixture_sequence(model, tensors):
         evals = {f"stage{i + 1}": x for i, (x, _) in enumerate(eval_stages)}
         evals["logits"] = model.forward_head(eval_stages[-1][0])
     return train, grads, evals
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 @pytest.fixture(params=sorted(FIXTURE_FILES), ids=lambda task: f"{task}_tiny")

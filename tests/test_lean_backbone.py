@@ -4,6 +4,7 @@ import logging
 import pytest
 import torch
 import torch.nn as nn
+from fixture_utils import relative_error, well_conditioned_gradients
 from torch.autograd.graph import saved_tensors_hooks
 
 import hst_fast
@@ -71,21 +72,16 @@ def test_autograd_saves_no_input_of_a_frozen_linear():
 
 
 def test_grad_checkpointing_and_attention_backends_give_the_same_gradients():
-    """Relative to each gradient's max: batch-statistics BatchNorm amplifies rounding of near-equal
-    samples, so tiny elements may differ more (see test_fixtures)."""
-    images = torch.randn(6, 3, 64, 64)
+    images = torch.randn(2, 3, 64, 64)
     grads = {}
     variants = {"sdpa": {}, "eager": dict(attn_backend="eager"), "ckpt": dict(grad_checkpointing=True)}
     for name, kwargs in variants.items():
-        model = make(**kwargs).train()
-        model(images).logsumexp(1).sum().backward()
-        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        grads[name] = well_conditioned_gradients(make(**kwargs), images)
     for name in ("eager", "ckpt"):
         for key, grad in grads["sdpa"].items():
             if key.endswith("attn.k.bias"):
                 continue  # provably zero (softmax ignores a shift shared by all keys): rounding noise only
-            error = (grads[name][key] - grad).abs().max() / grad.abs().max()
-            assert error < 1e-4, f"{name}: {key}: {error:.2e}"
+            assert relative_error(grads[name][key], grad) < 1e-4, f"{name}: {key}"
 
 
 def test_bad_backend_options_raise():

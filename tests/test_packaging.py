@@ -8,10 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_maps_kernels_into_hst_fast(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, cwd=tmp_path,
-    )
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*command, str(ROOT)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("hst_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hst_fast/kernels/side_attention.py" in names and "hst_fast/kernels/reference.py" in names
