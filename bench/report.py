@@ -21,7 +21,8 @@ OPS = ("layer_norm", "side_attention", "side_ffn", "fg_injection", "side_block")
 KERNEL_OPS = OPS[:4]
 PASSES = ("fwd", "bwd", "fwdbwd")
 PROVIDERS = ("reference", "compile", "xformers", "triton")
-MODES = ("reference", "faithful", "frozen", "full_ft")
+# Train-step modes in display order (bench/test_bench_train_step.py); unknown modes sort last.
+MODES = ("reference", "faithful", "faithful_ckpt", "frozen", "frozen_cache", "full", "linear", "lora", "convpass")
 
 # The suite's goals (bench/README.md): (name, kind, target).
 COPY_BW_GOAL = 0.80
@@ -219,7 +220,7 @@ def plot(data: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         written.append(path)
     if train:
         inputs = list(dict.fromkeys(r["input"] for r in train))
-        modes = [m for m in MODES if any(r["mode"] == m for r in train)]
+        modes = sorted({r["mode"] for r in train}, key=lambda m: (_order(m, MODES), m))
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         width = 0.8 / len(modes)
         for ax, key, label in ((axes[0], "peak_mem_mb", "peak memory (MiB)"), (axes[1], "img_per_s", "img/s")):

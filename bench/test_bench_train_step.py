@@ -7,7 +7,8 @@ Modes (same ViT, same inputs):
 - ``faithful_ckpt``: ``faithful`` with ``grad_checkpointing=True`` (each ViT block recomputed in backward).
 - ``frozen``: ``create_model(..., backbone_grad='none')``: the ViT runs without gradients.
 - ``frozen_cache``: ``frozen`` fed from a ``FeatureCache`` filled before timing (later epochs: no ViT run).
-- ``full_ft``: full fine-tuning of the same timm ViT (every parameter trainable, timm's default attention).
+- ``full``, ``linear``, ``lora``, ``convpass``: the baselines (``create_model(..., method=...)``) on the same ViT;
+  for the detection input they add the ViTDet simple feature pyramid.
 
 Inputs: classification (``task='cls'``, logits + cross-entropy) and the detection backbone (``task='det'``,
 ``forward_features``; loss = sum of the maps' means; full fine-tuning: mean of the ViT's output tokens).
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 
 from bench import _harness as h
 
-MODES = ("reference", "faithful", "faithful_ckpt", "frozen", "frozen_cache", "full_ft")
+HST_MODES = ("reference", "faithful", "faithful_ckpt", "frozen", "frozen_cache")
+BASELINES = ("full", "linear", "lora", "convpass")
+MODES = HST_MODES + BASELINES
 NUM_CLASSES = 100
 # Full size: ViT-B/16 as in the issue; reduced (CPU): ViT-Ti/16, same depth and both side-network presets.
 VIT_NAME = "vit_base_patch16_224" if h.SIZE == "full" else "vit_tiny_patch16_224"
@@ -39,21 +42,17 @@ def _cases() -> list:
 
 def build(task: str, mode: str) -> torch.nn.Module:
     """The model of ``mode`` in train mode on the device (fp32 weights; autocast makes the step bf16)."""
-    import timm
-
     from hst_fast.models import create_model
 
+    options = {
+        "reference": dict(kernel_backend="torch", attn_backend="eager"),  # the released code's computation
+        "faithful": {},
+        "faithful_ckpt": dict(grad_checkpointing=True),
+        "frozen": dict(backbone_grad="none"),
+        "frozen_cache": dict(backbone_grad="none"),
+    }.get(mode, dict(method=mode))
     num_classes = NUM_CLASSES if task == "cls" else 0
-    if mode == "full_ft":
-        model = timm.create_model(VIT_NAME, pretrained=False, num_classes=num_classes, dynamic_img_size=True)
-    elif mode == "reference":
-        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="torch")
-        for block in model.vit.blocks:
-            block.attn.fused_attn = False
-    else:
-        options = {"faithful": {}, "faithful_ckpt": dict(grad_checkpointing=True)}.get(mode, dict(backbone_grad="none"))
-        model = create_model(VIT_NAME, task=task, num_classes=num_classes, kernel_backend="auto", **options)
-    return model.to(h.DEVICE).train()
+    return create_model(VIT_NAME, task=task, num_classes=num_classes, **options).to(h.DEVICE).train()
 
 
 def forward(model: torch.nn.Module, mode: str, images: torch.Tensor, cache) -> list:
@@ -63,10 +62,10 @@ def forward(model: torch.nn.Module, mode: str, images: torch.Tensor, cache) -> l
 
 
 def loss_fn(model: torch.nn.Module, task: str, mode: str, images: torch.Tensor, labels: torch.Tensor, cache=None):
-    if mode == "full_ft":
+    if mode in BASELINES:
         if task == "cls":
             return F.cross_entropy(model(images).float(), labels)
-        return model.forward_features(images).float().mean()
+        return sum(feature.float().mean() for feature in model.forward_features(images))
     stages = forward(model, mode, images, cache)
     if task == "cls":
         return F.cross_entropy(model.forward_head(stages[-1][0]).float(), labels)
