@@ -3,7 +3,7 @@
 # 24 x 13,648 = 327,552 parameters (the paper's 0.33M, head excluded), plus the head (76,900 with 100 classes).
 _base_ = ['./_vtab_base.py']
 
-baseline = dict(
+model = dict(
     method='convpass',
     convpass_dim=8,
     convpass_scale=1.0,  # s; the paper tunes it per VTAB task

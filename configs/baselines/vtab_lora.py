@@ -3,7 +3,7 @@
 # model.merge() folds the updates into the qkv weights for inference.
 _base_ = ['./_vtab_base.py']
 
-baseline = dict(
+model = dict(
     method='lora',
     lora_rank=8,
     lora_alpha=8,  # update scale alpha / r = 1

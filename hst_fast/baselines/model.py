@@ -117,6 +117,11 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
         super().save_adapter(directory)
 
     # ----------------------------------------------------------------------------- forward
+    @property
+    def out_channels(self) -> List[int]:
+        """Channels of the four ``forward_features`` maps (task 'det': the simple pyramid's)."""
+        return list(self.config.pyramid_channels)
+
     def check_input(self, images: torch.Tensor) -> None:
         """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of the patch size
         (and, for task 'det', of 32, the pyramid's coarsest stride: HST's rule)."""

@@ -51,7 +51,7 @@ class HSTViT(BaseModule):
         self.out_indices = tuple(out_indices)
         self.model = hst_fast.create_model(vit_name, task=task, num_classes=num_classes, pretrained=path,
                                            kernel_backend=kernel_backend, **overrides)
-        self.out_channels = [self.model.config.side_dims[i] for i in self.out_indices]
+        self.out_channels = [self.model.out_channels[i] for i in self.out_indices]
         source = f"pretrained ViT from {path}" if path else "randomly initialized ViT (no pretrained checkpoint)"
         print_log(f"{trainable_line(self, f'{owner}({vit_name})')}; {source}", logger="current")
 

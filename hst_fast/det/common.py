@@ -10,7 +10,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import hst_fast
+from hst_fast.baselines.config import OPTION_KEYS as BASELINE_OPTION_KEYS
 from hst_fast.models.config import OVERRIDE_KEYS
+from hst_fast.models.peft import trainable_summary
 
 # What ``create_model(**overrides)`` accepts besides the arguments named here: its other keyword
 # arguments, the HST overrides, and keyword arguments of timm's ViT.
@@ -31,7 +33,7 @@ def check_overrides(owner: str, overrides: Dict[str, Any]) -> None:
     mmengine passes every key of a model config through, so a typo (``side_dim=``) would otherwise
     reach timm as an unexpected keyword far from the config line that caused it.
     """
-    known = CREATE_MODEL_KEYS + OVERRIDE_KEYS + TIMM_VIT_KEYS
+    known = CREATE_MODEL_KEYS + OVERRIDE_KEYS + BASELINE_OPTION_KEYS + TIMM_VIT_KEYS
     for key in overrides:
         if key in RESERVED_KEYS:
             raise TypeError(f"{owner}: {key!r} is set by hst_fast.create_model and cannot be overridden")
@@ -41,7 +43,8 @@ def check_overrides(owner: str, overrides: Dict[str, Any]) -> None:
             raise TypeError(
                 f"{owner} got an unknown argument {key!r}{hint} It accepts vit_name, task, num_classes, pretrained, "
                 f"kernel_backend, init_cfg, {', '.join(CREATE_MODEL_KEYS) + ', ' if CREATE_MODEL_KEYS else ''}the HST "
-                f"overrides {list(OVERRIDE_KEYS)} and timm ViT arguments "
+                f"overrides {list(OVERRIDE_KEYS)}, the baselines' options (method=...: "
+                f"{list(BASELINE_OPTION_KEYS)}) and timm ViT arguments "
                 f"(embed_dim, depth, num_heads, img_size, patch_size, ...)."
             )
 
@@ -76,8 +79,5 @@ def pretrained_path(owner: str, pretrained: Optional[str], init_cfg: Optional[di
 
 
 def trainable_line(module: torch.nn.Module, name: str) -> str:
-    """PEFT's line: ``trainable params: X || all params: Y || trainable%: Z``."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in module.parameters())
-    percent = 100 * trainable / total
-    return f"{name}: trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {percent:.4f}"
+    """``NAME: trainable params: X || all params: Y || trainable%: Z`` (PEFT's line)."""
+    return f"{name}: {trainable_summary(module)}"

@@ -87,6 +87,11 @@ class HST(TrainableSubsetMixin, nn.Module):
         official.load_official_state_dict(self, state_dict)
 
     # ----------------------------------------------------------------------------- forward
+    @property
+    def out_channels(self) -> List[int]:
+        """Channels of the four ``forward_features`` maps (the FPN's ``in_channels``)."""
+        return list(self.config.side_dims)
+
     def check_input(self, images: torch.Tensor) -> None:
         """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32."""
         in_chans = self.vit.patch_embed.proj.in_channels
