@@ -216,7 +216,7 @@ def test_bad_images_and_misuse_raise_value_error():
     with pytest.raises(ValueError, match="patch size"):
         cls_model(torch.randn(2, 3, 64, 72))
     cls_model.eval()(torch.randn(1, 3, 48, 80))  # a classifier needs multiples of the patch size only
-    with pytest.raises(ValueError, match="multiples .* of 32"):
+    with pytest.raises(ValueError, match="multiples of 32"):
         det_model.forward_features(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match="task 'det'"):
         cls_model.forward_features(torch.randn(1, 3, 64, 64))

@@ -16,6 +16,7 @@ from hst_fast.baselines.config import BaselineConfig
 from hst_fast.baselines.convpass import ConvpassPair
 from hst_fast.baselines.feature_pyramid import SimpleFeaturePyramid
 from hst_fast.baselines.lora import inject_lora, lora_layers
+from hst_fast.models.inputs import check_images
 from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
 
 STRIDE = 32  # the coarsest pyramid level, as HST's coarsest side stage
@@ -125,20 +126,8 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
     def check_input(self, images: torch.Tensor) -> None:
         """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of the patch size
         (and, for task 'det', of 32, the pyramid's coarsest stride: HST's rule)."""
-        in_chans = self.vit.patch_embed.proj.in_channels
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"{self.config.method} ViT expects images of shape [B, {in_chans}, H, W], got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"{self.config.method} ViT expects floating-point images, got {images.dtype}")
-        height, width = images.shape[-2:]
-        multiples = self.patch_size if self.pyramid is None else (max(STRIDE, self.patch_size[0]),) * 2
-        if height % multiples[0] or width % multiples[1] or height % self.patch_size[0] or width % self.patch_size[1]:
-            reason = "" if self.pyramid is None else f" and of {STRIDE} (the pyramid's coarsest stride)"
-            raise ValueError(
-                f"image size {height}x{width} is not supported: height and width must be multiples of the "
-                f"ViT patch size {self.patch_size}{reason}"
-            )
+        in_chans, stride = self.vit.patch_embed.proj.in_channels, None if self.pyramid is None else STRIDE
+        check_images(images, f"{self.config.method} ViT", in_chans, self.patch_size, stride)
 
     def forward_tokens(self, images: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """[B, C, H, W] -> (final-normed tokens [B, P + Hv*Wv, D], (Hv, Wv)), P prefix tokens first."""

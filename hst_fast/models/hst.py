@@ -10,6 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from hst_fast.backend import KernelOps
 from hst_fast.models import official
 from hst_fast.models.config import HSTConfig
+from hst_fast.models.inputs import check_images
 from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
 from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
 from hst_fast.models.vit_trunk import BlockFeatures, FrozenTrunk, MetaTrunk, set_attn_backend
@@ -93,20 +94,8 @@ class HST(TrainableSubsetMixin, nn.Module):
         return list(self.config.side_dims)
 
     def check_input(self, images: torch.Tensor) -> None:
-        """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32."""
-        in_chans = self.vit.patch_embed.proj.in_channels
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_chans:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"HST expects images of shape [B, {in_chans}, H, W], got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"HST expects floating-point images, got {images.dtype}")
-        height, width = images.shape[-2:]
-        multiple = max(STRIDE, *self.patch_size)
-        if height % multiple or width % multiple or height % self.patch_size[0] or width % self.patch_size[1]:
-            raise ValueError(
-                f"image size {height}x{width} is not supported: height and width must be multiples of {STRIDE} "
-                f"(the side network's coarsest stride) and of the ViT patch size {self.patch_size}"
-            )
+        """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32 and the patch."""
+        check_images(images, "HST", self.vit.patch_embed.proj.in_channels, self.patch_size, STRIDE)
 
     def forward_stage_tokens(
         self, images: torch.Tensor, vit_features: Optional[Iterable[BlockFeatures]] = None

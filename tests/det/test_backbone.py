@@ -20,6 +20,7 @@ TINY_VIT = dict(vit_name="vit_tiny_patch16_224", depth=4, embed_dim=96, num_head
 
 
 def tiny_backbone(**kwargs):
+    init_default_scope("mmdet")  # an earlier test may have left another default scope (e.g. 'mmengine')
     return MODELS.build(dict(type="HSTViT", **{**TINY_VIT, **kwargs}))
 
 

@@ -12,7 +12,7 @@ from det_helpers import CONFIGS, one_torch_thread  # noqa: E402,F401
 from mmdet.registry import MODELS  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
-from test_backbone import TINY_VIT, shapes_batch  # noqa: E402
+from test_backbone import TINY_VIT, shapes_batch, tiny_backbone  # noqa: E402
 
 import hst_fast.det  # noqa: E402,F401  (registers HSTViT)
 from hst_fast.baselines import METHODS, BaselineViT  # noqa: E402
@@ -20,7 +20,7 @@ from hst_fast.baselines import METHODS, BaselineViT  # noqa: E402
 
 @pytest.mark.parametrize("method", METHODS)
 def test_baseline_backbone_maps(method):
-    backbone = MODELS.build(dict(type="HSTViT", method=method, **TINY_VIT))
+    backbone = tiny_backbone(method=method)
     assert isinstance(backbone.model, BaselineViT)
     outs = backbone(torch.randn(2, 3, 64, 96))
     assert backbone.out_channels == [64, 128, 256, 384]
