@@ -48,22 +48,11 @@ def trigger_visualization_hook(cfg: Config, show_dir: str, score_thr: float) -> 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
     from hst_fast.det.checks import check_config_keys, check_data_paths
+    from hst_fast.det.cli import build_runner, load_config
     from hst_fast.det.dist import setup_cpu_distributed
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")
@@ -75,10 +64,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_data_paths(cfg, splits=("test",))
     setup_cpu_distributed(cfg)
 
-    if "runner_type" not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.test()
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
 import sys
 from typing import List, Optional
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -45,22 +44,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     # Imported here so that `--help` works without them; the config's custom_imports
     # (hst_fast.det) registers the HST modules while the file is parsed.
     import torch
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
 
     from hst_fast.det.checks import check_config_keys, check_data_paths
+    from hst_fast.det.cli import build_runner, load_config
     from hst_fast.det.dist import setup_cpu_distributed
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir is determined in this priority: CLI > segment in file > filename
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
     if args.amp:
         if not torch.cuda.is_available():
@@ -80,10 +69,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_data_paths(cfg, splits=("train", "val"))
     setup_cpu_distributed(cfg)
 
-    if "runner_type" not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.train()
 
 
