@@ -2,8 +2,11 @@
 # on an HST backbone (the same side network preset) over a small, randomly initialized ViT, trained and
 # evaluated (bbox and segm mAP, mmdet's CocoMetric) on a generated COCO-format set of coloured rectangles,
 # ellipses and triangles with polygon masks. What it shows: data -> HSTViT -> FPN -> cascade heads -> losses,
-# checkpoints + adapter/, resume, evaluation. (Measured: ~11 min wall on a shared 2-core machine, 566 s CPU; the
-# RoI heads had not started to learn on the random frozen ViT within 500 iterations: bbox/segm mAP 0.007.)
+# checkpoints + adapter/, resume, evaluation. Measured: ~10-11 min wall on a shared 2-core machine; the RoI heads
+# do not learn within 500 iterations on the random frozen ViT: bbox/segm mAP 0.007-0.011 (lr 2e-4; lr 1e-3 with
+# grad clipping gave 0.005, SGD 0.02 gave 0.000). Why (README, "The demo's known limitation"): with a random ViT
+# the side network is little more than its conv stem, whose per-token LayerNorm (HST.md §3) removes each token's
+# mean and norm, the contrast the RoI heads need; the RPN learns, the RoI classifiers stay at background.
 #
 #   python -m hst_fast.train configs/cascade_demo.py            (make demo)
 #   python -m hst_fast.test configs/cascade_demo.py work_dirs/cascade_demo/epoch_5.pth --show-dir vis
