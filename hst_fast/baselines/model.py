@@ -144,12 +144,13 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
         return vit.norm(x), grid
 
     def forward_features(self, images: torch.Tensor) -> List[torch.Tensor]:
-        """[B, 3, H, W] -> four maps [B, C_s, H/2^(s+1), W/2^(s+1)] (task 'det'; C_s = ``pyramid_channels``)."""
+        """[B, 3, H, W] -> four contiguous NCHW maps [B, C_s, H/2^(s+1), W/2^(s+1)] (task 'det'; C_s =
+        ``pyramid_channels``); contiguous for the reason ``HST.forward_features`` gives."""
         if self.pyramid is None:
             raise ValueError("forward_features gives the feature pyramid of task 'det'; this model is task 'cls'")
         tokens, grid = self.forward_tokens(images)
         patches = tokens[:, self.num_prefix_tokens:].transpose(1, 2).unflatten(2, grid)  # [B, D, Hv, Wv]
-        return self.pyramid(patches)
+        return [level.contiguous() for level in self.pyramid(patches)]
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, P + N, D] -> the ViT's pooling (``global_pool``, ``fc_norm``) -> head: [B, num_classes] (or [B, D])."""

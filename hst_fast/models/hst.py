@@ -121,8 +121,12 @@ class HST(TrainableSubsetMixin, nn.Module):
         return outputs
 
     def forward_features(self, images: torch.Tensor) -> List[torch.Tensor]:
-        """[B, 3, H, W] -> four stage maps [B, d_s, H/2^(s+1), W/2^(s+1)]."""
-        return [tokens_to_map(x, hw) for x, hw in self.forward_stage_tokens(images)]
+        """[B, 3, H, W] -> four stage maps [B, d_s, H/2^(s+1), W/2^(s+1)], contiguous NCHW.
+
+        Contiguous because consumers such as mmcv's RoIAlign index raw NCHW memory: the channels-last
+        view ``tokens_to_map`` gives (and a conv's channels-last output after it) would be read wrongly.
+        """
+        return [tokens_to_map(x, hw).contiguous() for x, hw in self.forward_stage_tokens(images)]
 
     def forward_head(self, last_stage_tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, d_4] -> mean over tokens -> BatchNorm1d -> head: [B, num_classes] (or [B, d_4])."""

@@ -87,6 +87,23 @@ def test_detector_forward_loss_backward_keeps_frozen_weights_frozen():
     assert len(results) == 2 and "masks" in results[0].pred_instances
 
 
+def test_roi_features_are_read_from_the_right_memory():
+    """The RoI heads see what the neck computed: mmcv's RoIAlign on the FPN maps equals it on NCHW copies.
+
+    It did not while the backbone returned channels-last views: FPN convs keep that layout and mmcv's CPU
+    RoIAlign indexes memory as NCHW, so the RoI heads trained on scrambled features and never learned.
+    """
+    detector = demo_detector().eval()
+    extractor = detector.roi_head.bbox_roi_extractor[0]
+    rois = torch.tensor([[0.0, 4.0, 6.0, 40.0, 50.0], [1.0, 10.0, 2.0, 60.0, 30.0]])
+    with torch.no_grad():
+        maps = detector.neck(detector.backbone(torch.randn(2, 3, 64, 64)))
+        read = extractor(maps[:extractor.num_inputs], rois)
+        expected = extractor(tuple(m.contiguous() for m in maps[:extractor.num_inputs]), rois)
+    assert read.abs().sum() > 0
+    torch.testing.assert_close(read, expected, rtol=0, atol=0)
+
+
 def test_pretrained_from_init_cfg(tmp_path):
     reference = tiny_backbone()
     path = tmp_path / "vit.pth"
