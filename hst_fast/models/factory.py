@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
+import numpy as np
 import timm
 import torch.nn as nn
 from timm.models import load_pretrained
@@ -70,13 +72,21 @@ def build_vit(config: HSTConfig, pretrained: Optional[str] = None) -> VisionTran
 def load_local_pretrained(vit: VisionTransformer, path: str) -> None:
     """Loads a local ViT checkpoint through timm's ``load_pretrained`` (file override, no hub).
 
-    The classifier head is dropped (HST has its own); any other missing or unexpected key is an error.
+    The classifier head is dropped (HST has its own); any other missing, unexpected or mis-shaped
+    tensor is an error naming the file. ``.npz`` files are JAX/Flax checkpoints (the released code's
+    ``ViT-B_16.npz``), read by timm's npz loader, which copies tensor by tensor: their block count is
+    checked first, since that loader would silently skip a checkpoint's extra blocks.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained ViT checkpoint not found: {path}")
     if not path.endswith(PRETRAINED_SUFFIXES):
         raise ValueError(f"pretrained checkpoint {path} must end with one of {PRETRAINED_SUFFIXES}")
+    model_desc = f"{type(vit).__name__} (embed_dim {vit.embed_dim}, depth {len(vit.blocks)})"
+    if path.endswith(".npz"):
+        depth = _npz_block_count(path)
+        if depth is not None and depth != len(vit.blocks):
+            raise KeyError(f"pretrained checkpoint {path} has {depth} ViT blocks; the model is {model_desc}")
     cfg = dict(vit.pretrained_cfg)
     cfg.update(file=path, source="", state_dict=None, hf_hub_id=None, url="", custom_load=path.endswith(".npz"))
     mismatch = {}
@@ -89,10 +99,28 @@ def load_local_pretrained(vit: VisionTransformer, path: str) -> None:
     try:
         load_pretrained(vit, pretrained_cfg=cfg, num_classes=0, in_chans=vit.patch_embed.proj.in_channels,
                         filter_fn=checkpoint_filter_fn)
+    except (KeyError, RuntimeError) as err:  # a tensor the file lacks, or one of another shape: name the file
+        raise type(err)(f"pretrained checkpoint {path} does not match {model_desc}: {err}") from err
     finally:
         handle.remove()
     if mismatch.get("missing") or mismatch.get("unexpected"):
         raise KeyError(
-            f"pretrained checkpoint {path} does not match {type(vit).__name__}: "
+            f"pretrained checkpoint {path} does not match {model_desc}: "
             f"missing keys {mismatch['missing']}, unexpected keys {mismatch['unexpected']}"
         )
+
+
+def _npz_block_count(path: str) -> Optional[int]:
+    """Encoder blocks in a JAX/Flax ViT ``.npz``: per-block (``encoderblock_<i>/``) or stacked
+    (``encoderblock/``, leading axis) layout; None when it names no blocks (timm then says what is wrong)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"pretrained checkpoint {path} is not a readable .npz archive: {err}") from err
+    with archive:
+        names = archive.files
+        stacked = [name for name in names if name.endswith("Transformer/encoderblock/LayerNorm_0/scale")]
+        if stacked:
+            return int(archive[stacked[0]].shape[0])
+    indices = {match.group(1) for match in map(re.compile(r"Transformer/encoderblock_(\d+)/").search, names) if match}
+    return len(indices) or None
