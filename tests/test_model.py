@@ -51,8 +51,7 @@ def test_stage_maps_for_any_multiple_of_32(height, width):
 @pytest.mark.parametrize("method", ["hst", "full", "linear", "lora", "convpass"])
 def test_stage_maps_are_contiguous_nchw(method):
     """Detection heads' RoIAlign (mmcv) reads raw NCHW memory: a channels-last map is read as wrong values."""
-    model = hst_fast.create_model("vit_base_patch16_224", task="det", kernel_backend="torch", method=method,
-                                  **TINY_VIT).eval()
+    model = tiny_model(task="det", method=method).eval()
     with torch.no_grad():
         maps = model.forward_features(torch.randn(1, 3, 64, 96))
     assert all(m.is_contiguous() for m in maps), [m.stride() for m in maps]

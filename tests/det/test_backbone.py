@@ -97,9 +97,9 @@ def test_roi_features_are_read_from_the_right_memory():
     extractor = detector.roi_head.bbox_roi_extractor[0]
     rois = torch.tensor([[0.0, 4.0, 6.0, 40.0, 50.0], [1.0, 10.0, 2.0, 60.0, 30.0]])
     with torch.no_grad():
-        maps = detector.neck(detector.backbone(torch.randn(2, 3, 64, 64)))
-        read = extractor(maps[:extractor.num_inputs], rois)
-        expected = extractor(tuple(m.contiguous() for m in maps[:extractor.num_inputs]), rois)
+        levels = detector.neck(detector.backbone(torch.randn(2, 3, 64, 64)))[:extractor.num_inputs]
+        read = extractor(levels, rois)
+        expected = extractor(tuple(level.contiguous() for level in levels), rois)
     assert read.abs().sum() > 0
     torch.testing.assert_close(read, expected, rtol=0, atol=0)
 
