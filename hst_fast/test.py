@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from hst_fast.det.checks import check_config_keys, check_data_paths
     from hst_fast.det.cli import build_runner, load_config
-    from hst_fast.det.dist import setup_cpu_distributed
+    from hst_fast.det.dist import destroy_distributed, setup_cpu_distributed
 
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
@@ -63,9 +63,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_config_keys(cfg, args.cfg_options)
     check_data_paths(cfg, splits=("test",))
     setup_cpu_distributed(cfg)
-
-    runner = build_runner(cfg)
-    runner.test()
+    try:
+        build_runner(cfg).test()
+    finally:
+        destroy_distributed()
 
 
 if __name__ == "__main__":

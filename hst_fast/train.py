@@ -47,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from hst_fast.det.checks import check_config_keys, check_data_paths
     from hst_fast.det.cli import build_runner, load_config
-    from hst_fast.det.dist import setup_cpu_distributed
+    from hst_fast.det.dist import destroy_distributed, setup_cpu_distributed
 
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
@@ -68,9 +68,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_config_keys(cfg, args.cfg_options)
     check_data_paths(cfg, splits=("train", "val"))
     setup_cpu_distributed(cfg)
-
-    runner = build_runner(cfg)
-    runner.train()
+    try:
+        build_runner(cfg).train()
+    finally:
+        destroy_distributed()
 
 
 if __name__ == "__main__":

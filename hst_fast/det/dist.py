@@ -26,3 +26,13 @@ def setup_cpu_distributed(cfg: Config) -> None:
         if "RANK" not in os.environ:
             raise RuntimeError("--launcher pytorch expects torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR...)")
         dist.init_process_group(backend="gloo")
+
+
+def destroy_distributed() -> None:
+    """Ends the process group, if one was started (by ``setup_cpu_distributed`` or mmengine's Runner).
+
+    Called by the drivers when the run ends: a process group left to the interpreter's exit can have its
+    gloo threads destroyed while still running, which aborts the process after the work has finished.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

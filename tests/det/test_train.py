@@ -119,3 +119,15 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
     assert re.search(r"Epoch\(train\) \[1\]\[2/2\]", log), log[-2000:]
     assert "coco/bbox_mAP" in log and (tmp_path / "work" / "epoch_1.pth").is_file()
+
+
+def test_drivers_end_the_process_group(tmp_path):
+    """A process group left to interpreter exit can abort a finished DDP run (gloo threads torn down live)."""
+    import torch.distributed as dist
+
+    from hst_fast.det.dist import destroy_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    destroy_distributed()
+    assert not dist.is_initialized()
+    destroy_distributed()  # nothing to end: a no-op, as after a single-process run
