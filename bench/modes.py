@@ -16,7 +16,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from hst_fast.feature_cache import FeatureCache
-from hst_fast.models import create_model
+from hst_fast import create_model
 
 MODES = {
     "faithful": dict(),

@@ -1,4 +1,4 @@
-"""A whole side block (``hst_fast.models.side_network.SideBlock``): side attention, FG injection, side FFN.
+"""A whole side block (``hst_fast.hst.side_block.SideBlock``): side attention, FG injection, side FFN.
 
 The block is built as the model builds it, with the reference ops (eager), the reference ops under
 torch.compile, or the Triton kernels; kv is [B, G+1, d] and the patches a view of a ViT block output.

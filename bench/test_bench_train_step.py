@@ -42,7 +42,7 @@ def _cases() -> list:
 
 def build(task: str, mode: str) -> torch.nn.Module:
     """The model of ``mode`` in train mode on the device (fp32 weights; autocast makes the step bf16)."""
-    from hst_fast.models import create_model
+    from hst_fast import create_model
 
     options = {
         "reference": dict(kernel_backend="torch", attn_backend="eager"),  # the released code's computation

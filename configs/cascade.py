@@ -12,7 +12,7 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['hst_fast.det'], allow_failed_imports=False)
+custom_imports = dict(imports=['hst_fast.openmmlab'], allow_failed_imports=False)
 
 # The released HST code starts from Google's ImageNet-21k ViT-B/16 (`imagenet21k/ViT-B_16.npz`, timm
 # `vit_base_patch16_224.orig_in21k`); any timm ViT-B/16 file (.npz/.pth/.safetensors) loads. Local files only.

@@ -9,7 +9,7 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['hst_fast.det'], allow_failed_imports=False)
+custom_imports = dict(imports=['hst_fast.openmmlab'], allow_failed_imports=False)
 
 # Google's ImageNet-21k ViT-B/16, as the released HST code (see configs/cascade.py). Local files only.
 pretrained = 'pretrained/ViT-B_16.npz'

@@ -59,9 +59,9 @@ def _file_sha256(path: Path) -> str:
 def _package_versions() -> Dict[str, str]:
     import timm
 
-    import hst_fast
+    from hst_fast.version import __version__
 
-    return {"hst_fast": hst_fast.__version__, "torch": torch.__version__, "timm": timm.__version__}
+    return {"hst_fast": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
 def save_adapter(model, directory: str) -> None:

@@ -18,9 +18,9 @@ from typing import Callable
 
 import torch
 
+from hst_fast.constants import KERNEL_BACKENDS
 from hst_fast.kernels import reference
 
-BACKENDS = ("auto", "triton", "torch")
 OP_NAMES = ("layer_norm", "side_attention", "side_ffn", "fg_injection")
 
 
@@ -91,8 +91,8 @@ def _auto(kernel: Callable[..., torch.Tensor], fallback: Callable[..., torch.Ten
 
 def resolve_ops(backend: str) -> KernelOps:
     """Returns the ops for ``backend`` ('auto' | 'triton' | 'torch'); raises on anything else."""
-    if backend not in BACKENDS:
-        raise ValueError(f"kernel_backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {backend!r}")
     if backend == "torch" or (backend == "auto" and not torch.cuda.is_available()):
         return reference_ops()  # 'auto' can never see a CUDA tensor here
     if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hst_fast.adapter import backbone_fingerprint
-from hst_fast.models.vit_trunk import BlockFeatures
+from hst_fast.hst.block_features import BlockFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class FeatureCache:
 
     @staticmethod
     def _compute(model, images: torch.Tensor) -> torch.Tensor:
-        blocks = [torch.cat([keys, patches.flatten(1, 2)], dim=1) for keys, patches in model.trunk(images)]
+        blocks = [torch.cat([meta, patches.flatten(1, 2)], dim=1) for meta, patches in model.trunk(images)]
         return torch.stack(blocks, dim=1)
 
     def _write(self, path: Path, tokens: torch.Tensor, input_size: Tuple[int, int]) -> None:

@@ -48,9 +48,9 @@ def trigger_visualization_hook(cfg: Config, show_dir: str, score_thr: float) -> 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
 
-    from hst_fast.det.checks import check_config_keys, check_data_paths
-    from hst_fast.det.cli import build_runner, load_config
-    from hst_fast.det.dist import destroy_distributed, setup_cpu_distributed
+    from hst_fast.openmmlab.checks import check_config_keys, check_data_paths
+    from hst_fast.openmmlab.cli import build_runner, load_config
+    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
 
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 

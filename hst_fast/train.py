@@ -4,8 +4,8 @@
     torchrun --nproc_per_node N -m hst_fast.train CONFIG --launcher pytorch
 
 Reads like mmdet's ``tools/train.py``; additionally, before anything is built, the config is checked
-for keys nothing reads and for missing dataset files (``hst_fast.det.checks``), and on a machine
-without CUDA ``--launcher pytorch`` runs DDP over gloo (``hst_fast.det.dist``).
+for keys nothing reads and for missing dataset files (``hst_fast.openmmlab.checks``), and on a machine
+without CUDA ``--launcher pytorch`` runs DDP over gloo (``hst_fast.openmmlab.dist``).
 Work dir holds the full checkpoints (for ``--resume``) and ``adapter/`` (the adapter-only files).
 """
 from __future__ import annotations
@@ -42,12 +42,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
 
     # Imported here so that `--help` works without them; the config's custom_imports
-    # (hst_fast.det) registers the HST modules while the file is parsed.
+    # (hst_fast.openmmlab) registers the HST modules while the file is parsed.
     import torch
 
-    from hst_fast.det.checks import check_config_keys, check_data_paths
-    from hst_fast.det.cli import build_runner, load_config
-    from hst_fast.det.dist import destroy_distributed, setup_cpu_distributed
+    from hst_fast.openmmlab.checks import check_config_keys, check_data_paths
+    from hst_fast.openmmlab.cli import build_runner, load_config
+    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
 
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 

@@ -236,7 +236,7 @@ def test_classification_config_builds_its_method(method, expected):
     from mmengine.config import Config
     from mmengine.registry import MODELS
 
-    import hst_fast.det  # noqa: F401  (registers HSTClassifier)
+    import hst_fast.openmmlab  # noqa: F401  (registers HSTClassifier)
 
     cfg = Config.fromfile(str(CONFIGS / f"vtab_{method}.py"))
     model_cfg = dict(cfg.model)

@@ -4,7 +4,7 @@
 #
 #   python -m hst_fast.train configs/vtab/cifar100.py
 default_scope = 'mmengine'  # classification needs no mmdet component
-custom_imports = dict(imports=['hst_fast.det'], allow_failed_imports=False)
+custom_imports = dict(imports=['hst_fast.openmmlab'], allow_failed_imports=False)
 
 # Google's ImageNet-21k ViT-B/16 (`imagenet21k/ViT-B_16.npz`, timm `vit_base_patch16_224.orig_in21k`), as the
 # released code. Local files only.

@@ -12,8 +12,8 @@ from hst_fast.baselines.convpass import Convpass, ConvpassPair, QuickGELU
 from hst_fast.baselines.feature_pyramid import SimpleFeaturePyramid
 from hst_fast.baselines.lora import LoRALinear, inject_lora
 from hst_fast.baselines.model import BaselineViT
-
-KERNEL_BACKENDS = ("auto", "triton", "torch")  # hst_fast.backend.BACKENDS; no baseline has custom kernels
+from hst_fast.constants import KERNEL_BACKENDS
+from hst_fast.vit.build import build_vit
 
 
 def create_baseline(
@@ -30,18 +30,15 @@ def create_baseline(
     vit_name: any timm ViT; method: 'full' | 'linear' | 'lora' | 'convpass'; task: 'cls' | 'det'
     (the latter adds a ViTDet simple feature pyramid for ``forward_features``); num_classes: head size
     (default 1000 for 'cls', 0 = no head for 'det'); pretrained: a local ViT checkpoint, never downloaded;
-    kernel_backend: accepted for the same call signature, unused (plain PyTorch);
+    kernel_backend: accepted for the same call signature (no baseline has custom kernels), checked, unused;
     overrides: method options (``lora_rank``, ``lora_alpha``, ``lora_targets``, ``lora_dropout``;
     ``convpass_dim``, ``convpass_scale``, ``convpass_targets``, ``convpass_dropout``), ``pyramid_channels``,
     ``drop_path_rate``; anything else (``embed_dim``, ``depth``, ``global_pool``...) goes to timm.
     """
-    # imported here: hst_fast.models.factory may itself import this package to dispatch on ``method``
-    from hst_fast.models.factory import build_vit
-
     if kernel_backend not in KERNEL_BACKENDS:
         raise ValueError(f"kernel_backend must be one of {list(KERNEL_BACKENDS)}, got {kernel_backend!r}")
     config = BaselineConfig.from_args(vit_name, method, task, num_classes, **overrides)
-    vit = build_vit(config, pretrained)  # reads vit_name, timm_kwargs, drop_path_rate as from an HSTConfig
+    vit = build_vit(config.vit_name, config.timm_kwargs, config.drop_path_rate, pretrained)
     return BaselineViT(vit, config)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from hst_fast.constants import TASK_PRESETS, TASKS
+
 METHODS = ("full", "linear", "lora", "convpass")
-TASKS = ("cls", "det")
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # timm Block: attn.qkv, attn.proj, mlp.fc1, mlp.fc2
 CONVPASS_TARGETS = ("attn", "mlp")  # ["attn", "mlp"] is Convpass, ["attn"] is Convpass_attn (baselines.md)
-DEFAULT_PYRAMID_CHANNELS = [64, 128, 256, 384]  # HST's detection side widths = the FPN in_channels of its configs
+# HST's detection side widths, so the baselines' FPN takes the same in_channels as HST's configs
+DEFAULT_PYRAMID_CHANNELS = list(TASK_PRESETS["det"]["side_dims"])
 
 # Options that only mean something for one method; giving them to another is an error (a typo, usually).
 METHOD_OPTIONS: Dict[str, tuple] = {

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerNorm2d
 
+from hst_fast.constants import TASK_PRESETS
+
 
 class SimpleFeaturePyramid(nn.Module):
     """[B, D, H/16, W/16] -> four maps [B, C_s, H/2^(s+1), W/2^(s+1)], s = 1..4.
@@ -17,7 +19,7 @@ class SimpleFeaturePyramid(nn.Module):
     Only for patch size 16 (the transposed convs and pool assume a stride-16 input).
     """
 
-    def __init__(self, embed_dim: int, out_channels: Sequence[int] = (64, 128, 256, 384)):
+    def __init__(self, embed_dim: int, out_channels: Sequence[int] = tuple(TASK_PRESETS["det"]["side_dims"])):
         """embed_dim: ViT width D; out_channels: C_1..C_4 for strides 4, 8, 16, 32."""
         super().__init__()
         half, quarter = embed_dim // 2, embed_dim // 4

@@ -1,6 +1,6 @@
 """``BaselineViT``: a timm ViT adapted by full fine-tuning, a linear probe, LoRA or Convpass.
 
-The same harness as ``hst_fast.models.HST``: ``forward(images)`` -> logits, ``forward_features(images)``
+The same harness as ``hst_fast.hst.HST``: ``forward(images)`` -> logits, ``forward_features(images)``
 -> four maps at strides 4/8/16/32 for dense prediction, ``print_trainable_parameters()``,
 freezing decided in one place and re-applied by ``train()``, adapters through ``hst_fast.adapter``.
 """
@@ -16,10 +16,9 @@ from hst_fast.baselines.config import BaselineConfig
 from hst_fast.baselines.convpass import ConvpassPair
 from hst_fast.baselines.feature_pyramid import SimpleFeaturePyramid
 from hst_fast.baselines.lora import inject_lora, lora_layers
-from hst_fast.models.inputs import check_images
-from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
-
-STRIDE = 32  # the coarsest pyramid level, as HST's coarsest side stage
+from hst_fast.constants import STRIDE
+from hst_fast.vit.inputs import check_images
+from hst_fast.vit.peft import TrainableSubsetMixin, classifier_head
 
 
 class BaselineViT(TrainableSubsetMixin, nn.Module):
@@ -36,7 +35,7 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
     """
 
     def __init__(self, vit: VisionTransformer, config: BaselineConfig):
-        """vit: a headless timm ViT built with ``dynamic_img_size=True`` (``hst_fast.models.factory.build_vit``),
+        """vit: a headless timm ViT built with ``dynamic_img_size=True`` (``hst_fast.vit.build.build_vit``),
         pretrained weights already loaded; config: method, task and options."""
         super().__init__()
         self.config = config

@@ -13,7 +13,7 @@ from det_helpers import CONFIGS, as_cli, one_torch_thread, tiny_det_options  # n
 
 from hst_fast import train as train_driver  # noqa: E402
 from hst_fast.data import VTABDataset, make_shapes_vtab  # noqa: E402
-from hst_fast.det.checks import ConfigError  # noqa: E402
+from hst_fast.openmmlab.checks import ConfigError  # noqa: E402
 
 
 def test_cascade_without_coco_stops_at_once_naming_paths_options_and_demo(tmp_path, monkeypatch):

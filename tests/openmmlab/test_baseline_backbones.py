@@ -14,7 +14,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from test_backbone import TINY_VIT, shapes_batch, tiny_backbone  # noqa: E402
 
-import hst_fast.det  # noqa: E402,F401  (registers HSTViT)
+import hst_fast.openmmlab  # noqa: E402,F401  (registers HSTViT)
 from hst_fast.baselines import METHODS, BaselineViT  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
-import hst_fast.det  # noqa: E402,F401  (registers HSTViT)
+import hst_fast.openmmlab  # noqa: E402,F401  (registers HSTViT)
 
 TINY_VIT = dict(vit_name="vit_tiny_patch16_224", depth=4, embed_dim=96, num_heads=3, kernel_backend="torch")
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-TASK_PRESETS: Dict[str, Dict[str, Any]] = {
-    # HST.md §4: classification (VTAB-1k) and dense-prediction (COCO) side networks.
-    "cls": dict(side_dims=[32, 48, 64, 72], side_heads=[2, 4, 8, 12], num_meta_tokens=1),
-    "det": dict(side_dims=[64, 128, 256, 384], side_heads=[2, 4, 8, 12], num_meta_tokens=8),
-}
+from hst_fast.constants import BACKBONE_GRADS, NUM_STAGES, TASK_PRESETS
+
 OVERRIDE_KEYS = ("side_dims", "side_heads", "num_meta_tokens", "block_indices", "drop_path_rate", "backbone_grad")
-BACKBONE_GRADS = ("full", "none")
-NUM_STAGES = 4
 
 
 @dataclass

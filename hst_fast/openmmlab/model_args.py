@@ -11,8 +11,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import hst_fast
 from hst_fast.baselines.config import OPTION_KEYS as BASELINE_OPTION_KEYS
-from hst_fast.models.config import OVERRIDE_KEYS
-from hst_fast.models.peft import trainable_summary
+from hst_fast.hst.config import OVERRIDE_KEYS
+from hst_fast.vit.peft import trainable_summary
 
 # What ``create_model(**overrides)`` accepts besides the arguments named here: its other keyword
 # arguments, the HST overrides, and keyword arguments of timm's ViT.

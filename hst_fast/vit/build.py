@@ -1,9 +1,9 @@
-"""``create_model``: an HST around any timm ViT, with local-only pretrained loading."""
+"""Building the frozen timm ViT that HST and the baselines adapt, and loading local pretrained weights."""
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import timm
@@ -11,59 +11,24 @@ import torch.nn as nn
 from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from hst_fast.backend import resolve_ops
-from hst_fast.models.config import HSTConfig
-from hst_fast.models.hst import HST
-
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".npz", ".safetensors")
 
 
-def create_model(
-    vit_name: str,
-    task: str = "cls",
-    num_classes: Optional[int] = None,
-    pretrained: Optional[str] = None,
-    kernel_backend: str = "auto",
-    attn_backend: str = "sdpa",
-    grad_checkpointing: bool = False,
-    method: str = "hst",
-    **overrides: Any,
-) -> nn.Module:
-    """Builds an HST model.
+def build_vit(
+    vit_name: str, timm_kwargs: Dict[str, Any], drop_path_rate: float, pretrained: Optional[str] = None
+) -> VisionTransformer:
+    """The timm ViT ``vit_name`` without head, accepting any input size; weights from ``pretrained``.
 
-    vit_name: any timm ViT (``vit_base_patch16_224``, ...); task: 'cls' | 'det' (HST.md §4 preset);
-    num_classes: head size (default 1000 for 'cls', 0 = no head for 'det'); pretrained: a local
-    ViT checkpoint (.pth/.npz/.safetensors) loaded through timm, never downloaded;
-    kernel_backend: 'auto' | 'triton' | 'torch' (``hst_fast.backend``); attn_backend: ViT attention,
-    'sdpa' | 'xformers' | 'eager' (eager = the released code's); grad_checkpointing: recompute each
-    ViT block in backward (faithful mode, large inputs);
-    overrides: ``side_dims``, ``side_heads``, ``num_meta_tokens``, ``block_indices``, ``drop_path_rate``,
-    ``backbone_grad`` ('full': paper-faithful; 'none': frozen streaming ViT, no MetaT/LN-tuning);
-    anything else (``embed_dim``, ``depth``, ``img_size``...) goes to timm;
-    method: 'hst' (default) or a baseline, 'full' | 'linear' | 'lora' | 'convpass'
-    (``hst_fast.baselines.create_baseline``, which documents the baselines' options).
+    timm_kwargs: extra ``timm.create_model`` arguments; drop_path_rate: the ViT blocks' stochastic depth (the
+    released code drops paths in ViT blocks too) unless timm_kwargs sets it.
     """
-    if method != "hst":
-        if attn_backend != "sdpa" or grad_checkpointing:
-            raise ValueError("attn_backend and grad_checkpointing apply to method='hst' only")
-        from hst_fast.baselines import create_baseline
-
-        return create_baseline(vit_name, method, task, num_classes, pretrained, kernel_backend, **overrides)
-    config = HSTConfig.from_task(vit_name, task, num_classes, **overrides)
-    ops = resolve_ops(kernel_backend)
-    vit = build_vit(config, pretrained)
-    return HST(vit, config, ops, attn_backend=attn_backend, grad_checkpointing=grad_checkpointing)
-
-
-def build_vit(config: HSTConfig, pretrained: Optional[str] = None) -> VisionTransformer:
-    """The timm ViT of ``config``, without head, accepting any input size; weights from ``pretrained``."""
-    if config.vit_name not in timm.list_models():
-        raise ValueError(f"unknown timm model {config.vit_name!r}")
-    kwargs = dict(config.timm_kwargs)
-    kwargs.setdefault("drop_path_rate", config.drop_path_rate)  # the released code drops paths in ViT blocks too
-    vit = timm.create_model(config.vit_name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    if vit_name not in timm.list_models():
+        raise ValueError(f"unknown timm model {vit_name!r}")
+    kwargs = dict(timm_kwargs)
+    kwargs.setdefault("drop_path_rate", drop_path_rate)
+    vit = timm.create_model(vit_name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
     if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{config.vit_name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+        raise ValueError(f"{vit_name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
     if pretrained is not None:
         load_local_pretrained(vit, pretrained)
     return vit

@@ -1,7 +1,7 @@
-"""Classification through mmengine's Runner: the HST classifier as a ``BaseModel`` and top-1 accuracy.
+"""Classification through mmengine's Runner: an HST (or baseline) classifier as a ``BaseModel``.
 
-These are registered in mmengine's root registries (no mmdet scope needed); VTAB configs use them
-with ``default_scope='mmengine'``.
+Registered in mmengine's root registry (no mmdet scope needed); VTAB configs use it with
+``default_scope='mmengine'``.
 """
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
-from mmengine.registry import DATASETS, METRICS, MODELS
+from mmengine.registry import MODELS
 
 import hst_fast
-from hst_fast.data import VTABDataset, make_shapes_vtab
-from hst_fast.det.common import check_overrides, pretrained_path, trainable_line
+from hst_fast.openmmlab.model_args import check_overrides, pretrained_path, trainable_line
 
 
 @MODELS.register_module()
@@ -69,34 +67,3 @@ class HSTClassifier(BaseModel):
             predictions = logits.argmax(dim=1).tolist()
             return [dict(pred=p, label=t) for p, t in zip(predictions, labels.tolist(), strict=True)]
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
-
-
-@METRICS.register_module()
-class ClsAccuracy(BaseMetric):
-    """Top-1 accuracy in percent, the number VTAB-1k results report."""
-
-    default_prefix = "cls"
-
-    def process(self, data_batch: Any, data_samples: Sequence[Dict[str, int]]) -> None:
-        self.results.extend((sample["pred"], sample["label"]) for sample in data_samples)
-
-    def compute_metrics(self, results: List) -> Dict[str, float]:
-        correct = sum(pred == label for pred, label in results)
-        return dict(top1=100.0 * correct / max(len(results), 1))
-
-
-DATASETS.register_module(module=VTABDataset)
-
-
-@DATASETS.register_module()
-class ShapesVTABDataset(VTABDataset):
-    """A generated VTAB-1k-format task (``hst_fast.data.make_shapes_vtab``), written into ``data_root``
-    on first use; ``generator`` holds its parameters (num_train, num_test, image_size, seed)."""
-
-    GENERATES_DATA = True  # hst_fast.det.checks skips its paths: they exist once it is built
-
-    def __init__(self, data_root: str, ann_file: str, generator: Optional[dict] = None, **kwargs: Any):
-        make_shapes_vtab(data_root, **(generator or {}))
-        super().__init__(data_root, ann_file, **kwargs)
-        print_log(f"generated VTAB-format shapes data at {data_root}: {len(self)} images in {ann_file}",
-                  logger="current")

@@ -14,8 +14,8 @@ from mmengine.registry import HOOKS
 from safetensors.torch import load_file, save_file
 
 import hst_fast
-from hst_fast.det.common import trainable_line
-from hst_fast.models import HST
+from hst_fast.hst import HST
+from hst_fast.openmmlab.model_args import trainable_line
 
 HEADS_NAME = "task_heads.safetensors"
 

@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 import hst_fast
-from hst_fast.det.common import check_overrides, pretrained_path, trainable_line
+from hst_fast.openmmlab.model_args import check_overrides, pretrained_path, trainable_line
 
 
 @MODELS.register_module()

@@ -64,12 +64,12 @@ def test_resume_continues_where_it_stopped_with_weights_only_loading(trained):
     assert "resumed epoch: 2, iter: 8" in trained["resumed_log"]
     assert "Epoch(train) [1]" not in trained["resumed_log"]
     path = trained["work_dir"] / "epoch_3.pth"
-    # What the checkpoint needs beyond tensors is exactly the allow-list of hst_fast.det.safe_load ...
+    # What the checkpoint needs beyond tensors is exactly the allow-list of hst_fast.openmmlab.safe_load ...
     unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     assert unsafe <= {"mmengine.logging.history_buffer.HistoryBuffer", "numpy.dtype", "numpy._core.multiarray.scalar",
                       "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.core.multiarray.scalar"}, unsafe
     assert "builtins.getattr" not in unsafe
-    # ... and torch.load's default (weights_only=True) reads it once hst_fast.det is imported.
+    # ... and torch.load's default (weights_only=True) reads it once hst_fast.openmmlab is imported.
     checkpoint = torch.load(path)
     assert checkpoint["meta"]["epoch"] == 3 and checkpoint["meta"]["iter"] == 12
 
@@ -79,7 +79,7 @@ def test_adapter_restores_the_trained_model(trained):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from hst_fast.det import load_task_adapter
+    from hst_fast.openmmlab import load_task_adapter
 
     cfg = Config.fromfile(str(CONFIGS / "cascade_demo.py"))
     cfg.merge_from_dict(trained["options"])
@@ -125,7 +125,7 @@ def test_drivers_end_the_process_group(tmp_path):
     """A process group left to interpreter exit can abort a finished DDP run (gloo threads torn down live)."""
     import torch.distributed as dist
 
-    from hst_fast.det.dist import destroy_distributed
+    from hst_fast.openmmlab.dist import destroy_distributed
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     destroy_distributed()

@@ -8,14 +8,17 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from hst_fast.backend import KernelOps
-from hst_fast.models import official
-from hst_fast.models.config import HSTConfig
-from hst_fast.models.inputs import check_images
-from hst_fast.models.peft import TrainableSubsetMixin, classifier_head
-from hst_fast.models.side_network import OpsLayerNorm, build_side_stages, tokens_to_map
-from hst_fast.models.vit_trunk import BlockFeatures, FrozenTrunk, MetaTrunk, set_attn_backend
-
-STRIDE = 32  # the coarsest side stage runs at H/32 x W/32
+from hst_fast.constants import STRIDE
+from hst_fast.hst import official
+from hst_fast.hst.block_features import BlockFeatures
+from hst_fast.hst.config import HSTConfig
+from hst_fast.hst.faithful_trunk import FaithfulTrunk, apply_ln_tuning, create_meta_tokens, is_ln_tuned
+from hst_fast.hst.frozen_trunk import FrozenTrunk
+from hst_fast.hst.layers import tokens_to_map
+from hst_fast.hst.side_stage import build_side_stages
+from hst_fast.vit.attention import set_attn_backend
+from hst_fast.vit.inputs import check_images
+from hst_fast.vit.peft import TrainableSubsetMixin, classifier_head
 
 
 class HST(TrainableSubsetMixin, nn.Module):
@@ -44,14 +47,10 @@ class HST(TrainableSubsetMixin, nn.Module):
         self.faithful = config.backbone_grad == "full"
         set_attn_backend(vit, attn_backend)
         if self.faithful:
-            for block in vit.blocks:  # LN-tuning: same parameters, run through the chosen kernel backend
-                block.norm1 = _as_ops_layer_norm(block.norm1, ops)
-                block.norm2 = _as_ops_layer_norm(block.norm2, ops)
-        meta_count = len(vit.blocks) if self.faithful else 0
-        self.meta_tokens = nn.ParameterList(
-            [nn.Parameter(_xavier_meta(config.num_meta_tokens, vit.embed_dim)) for _ in range(meta_count)]
-        )
-        self.trunk = MetaTrunk(vit, self.meta_tokens, grad_checkpointing) if self.faithful else FrozenTrunk(vit)
+            apply_ln_tuning(vit, ops)
+        self.meta_tokens = create_meta_tokens(len(vit.blocks) if self.faithful else 0, config.num_meta_tokens,
+                                              vit.embed_dim)
+        self.trunk = FaithfulTrunk(vit, self.meta_tokens, grad_checkpointing) if self.faithful else FrozenTrunk(vit)
         self.side_stages = build_side_stages(
             vit.embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
             config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
@@ -65,7 +64,7 @@ class HST(TrainableSubsetMixin, nn.Module):
         """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms (faithful mode), head."""
         if name.startswith(("side_stages.", "meta_tokens.", "head.")):
             return True
-        return self.faithful and name.startswith("vit.blocks.") and (".norm1." in name or ".norm2." in name)
+        return self.faithful and name.startswith("vit.") and is_ln_tuned(name[len("vit."):])
 
     def train(self, mode: bool = True) -> "HST":
         """Sets the mode and re-applies freezing; in frozen mode the ViT always runs in eval mode."""
@@ -80,7 +79,7 @@ class HST(TrainableSubsetMixin, nn.Module):
         return official.to_official_names(self)
 
     def official_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The model's tensors under the released code's names (``hst_fast.models.official``)."""
+        """The model's tensors under the released code's names (``hst_fast.hst.official``)."""
         return official.official_state_dict(self)
 
     def load_official_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
@@ -100,24 +99,21 @@ class HST(TrainableSubsetMixin, nn.Module):
     def forward_stage_tokens(
         self, images: torch.Tensor, vit_features: Optional[Iterable[BlockFeatures]] = None
     ) -> List[Tuple[torch.Tensor, Tuple[int, int]]]:
-        """Runs ViT and side network; returns per stage ([B, H_s*W_s, d_s] tokens, (H_s, W_s)).
+        """Image -> ViT blocks -> bridges -> side stages; per stage ([B, H_s*W_s, d_s] tokens, (H_s, W_s)).
 
-        Each ViT block's features go to its side block as soon as they exist. ``vit_features``
-        (frozen mode only) replaces the ViT run with stored per-block features (a feature cache).
+        The trunk yields each ViT block's features as soon as the block has run, and each side stage takes
+        its blocks' features from that stream. ``vit_features`` (frozen mode only) replaces the ViT run with
+        stored per-block features (a feature cache).
         """
         self.check_input(images)
         if vit_features is not None and self.faithful:
             raise ValueError("stored ViT features need backbone_grad='none': the faithful model trains inside the ViT")
-        features = iter(vit_features if vit_features is not None else self.trunk(images))
-        outputs, side_map = [], images
-        for stage, block_ids in zip(self.side_stages, self.stage_blocks):
-            x, hw = stage.embed(side_map)
-            for index in range(len(block_ids)):
-                keys, patches = next(features)
-                x = stage.step(index, x, hw, keys, patches)
-            x = stage.finish(x)
-            outputs.append((x, hw))
-            side_map = tokens_to_map(x, hw)
+        block_features = iter(vit_features if vit_features is not None else self.trunk(images))
+        outputs, side_input = [], images
+        for stage in self.side_stages:
+            tokens, hw = stage(side_input, block_features)
+            outputs.append((tokens, hw))
+            side_input = tokens_to_map(tokens, hw)
         return outputs
 
     def forward_features(self, images: torch.Tensor) -> List[torch.Tensor]:
@@ -135,18 +131,3 @@ class HST(TrainableSubsetMixin, nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_stage_tokens(images)[-1][0])
 
-
-def _as_ops_layer_norm(norm: nn.LayerNorm, ops: KernelOps) -> OpsLayerNorm:
-    """An ``OpsLayerNorm`` that takes over ``norm``'s parameters (state-dict names unchanged)."""
-    if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine:
-        raise ValueError(f"LN-tuning needs affine nn.LayerNorm in every ViT block, found {type(norm).__name__}")
-    replacement = OpsLayerNorm(norm.normalized_shape[0], norm.eps, ops)
-    replacement.weight, replacement.bias = norm.weight, norm.bias
-    return replacement
-
-
-def _xavier_meta(num_tokens: int, dim: int) -> torch.Tensor:
-    """A [G, D] meta-token tensor, xavier-uniform with the fans of the released [1, G, D] layout."""
-    tensor = torch.empty(1, num_tokens, dim)
-    nn.init.xavier_uniform_(tensor)
-    return tensor[0]

@@ -1,0 +1,48 @@
+"""``create_model``: HST or a baseline around a timm ViT, with local-only pretrained loading (the top layer)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from hst_fast.backend import resolve_ops
+from hst_fast.baselines import create_baseline
+from hst_fast.hst import HST, HSTConfig
+from hst_fast.vit.build import build_vit
+
+
+def create_model(
+    vit_name: str,
+    task: str = "cls",
+    num_classes: Optional[int] = None,
+    pretrained: Optional[str] = None,
+    kernel_backend: str = "auto",
+    attn_backend: str = "sdpa",
+    grad_checkpointing: bool = False,
+    method: str = "hst",
+    **overrides: Any,
+) -> nn.Module:
+    """Builds an HST model.
+
+    vit_name: any timm ViT (``vit_base_patch16_224``, ...); task: 'cls' | 'det' (HST.md §4 preset);
+    num_classes: head size (default 1000 for 'cls', 0 = no head for 'det'); pretrained: a local
+    ViT checkpoint (.pth/.npz/.safetensors) loaded through timm, never downloaded;
+    kernel_backend: 'auto' | 'triton' | 'torch' (``hst_fast.backend``); attn_backend: ViT attention,
+    'sdpa' | 'xformers' | 'eager' (eager = the released code's); grad_checkpointing: recompute each
+    ViT block in backward (faithful mode, large inputs);
+    overrides: ``side_dims``, ``side_heads``, ``num_meta_tokens``, ``block_indices``, ``drop_path_rate``,
+    ``backbone_grad`` ('full': paper-faithful; 'none': frozen streaming ViT, no MetaT/LN-tuning);
+    anything else (``embed_dim``, ``depth``, ``img_size``...) goes to timm;
+    method: 'hst' (default) or a baseline, 'full' | 'linear' | 'lora' | 'convpass'
+    (``hst_fast.baselines.create_baseline``, which documents the baselines' options).
+    """
+    if method != "hst":
+        if attn_backend != "sdpa" or grad_checkpointing:
+            raise ValueError("attn_backend and grad_checkpointing apply to method='hst' only")
+        return create_baseline(vit_name, method, task, num_classes, pretrained, kernel_backend, **overrides)
+    config = HSTConfig.from_task(vit_name, task, num_classes, **overrides)
+    ops = resolve_ops(kernel_backend)
+    vit = build_vit(config.vit_name, config.timm_kwargs, config.drop_path_rate, pretrained)
+    return HST(vit, config, ops, attn_backend=attn_backend, grad_checkpointing=grad_checkpointing)
+
+
