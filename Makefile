@@ -1,5 +1,5 @@
 # make install : creates .venv/ (if missing) and installs everything, mmcv with compiled ops included.
-# make demo    : the main job, after installing.       make test / make bench : tests / benchmarks.
+# make demo    : the main job, after installing.       make test : lint + tests.   make bench : benchmarks.
 VENV        := .venv
 PYTHON      := $(VENV)/bin/python
 PIP         := $(PYTHON) -m pip
@@ -22,6 +22,7 @@ demo: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m hst_fast.train configs/cascade_demo.py
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest tests/ -q
 	$(PYTHON) -m pytest bench/ --collect-only -q  # benchmarks must keep collecting, even without a GPU
 
