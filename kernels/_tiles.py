@@ -1,4 +1,5 @@
-"""Row-tile pieces shared by the kernels that LayerNorm whole rows in registers (``layer_norm``, ``side_ffn``).
+"""Row-tile pieces shared by the kernels that LayerNorm whole rows in registers (``layer_norm``, ``side_ffn``,
+``side_attention``).
 
 ``@triton.jit`` helpers, called from inside kernels (the compiler inlines them): no launchers, no op here.
 Every tile is ``[BLOCK_M, BLOCK_C]`` of a row-major ``[M, C]`` matrix with whole rows (C <= BLOCK_C).
@@ -34,12 +35,11 @@ def load_affine(weight_ptr, bias_ptr, cols, col_mask):
 
 
 @triton.jit
-def layer_norm_tile(x_ptr, offsets, mask, C, eps):
-    """Loads a tile and normalizes its rows in fp32 (no affine).
+def layer_norm_tile(x, mask, C, eps):
+    """Normalizes the rows of an fp32 tile ``x`` [BLOCK_M, BLOCK_C] (0 where masked), no affine.
 
     Returns (mean [BLOCK_M], rstd [BLOCK_M] = 1 / sqrt(var + eps), x_hat [BLOCK_M, BLOCK_C], 0 where masked).
     """
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / C
     centered = tl.where(mask, x - mean[:, None], 0.0)
     rstd = tl.rsqrt(tl.sum(centered * centered, axis=1) / C + eps)

@@ -5,8 +5,9 @@ HST.md §1), every side block and stage (§2-3). Rows are independent, so the fo
 pass over a ``[BLOCK_M, BLOCK_C]`` tile per program that keeps the per-row mean and 1/std
 (fp32) for the backward. The backward is a persistent grid: each program walks a strided set
 of row tiles, writes ``dx`` and accumulates its own fp32 partial ``dweight``/``dbias``, and the
-``[num_programs, C]`` partials are summed once at the end (no global atomics), as in
-Liger-Kernel's ``ops/layer_norm.py``.
+``[num_programs, C]`` partials are summed once at the end (no global atomics, so the result is
+deterministic), as in Liger-Kernel's ``ops/layer_norm.py``. It writes ``dx`` and the partials only
+where autograd needs them (``ctx.needs_input_grad``).
 
 Reference: ``hst_fast.kernels.reference.layer_norm_reference``.
 """
@@ -44,7 +45,8 @@ def _layer_norm_fwd_kernel(
     col_mask = cols < C
     rows, row_mask, mask, offsets = row_tile(tl.program_id(0), M, C, cols, col_mask, BLOCK_M)
 
-    mean, rstd, x_hat = layer_norm_tile(x_ptr, offsets, mask, C, eps)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    mean, rstd, x_hat = layer_norm_tile(x, mask, C, eps)
     weight, bias = load_affine(weight_ptr, bias_ptr, cols, col_mask)
     y = x_hat * weight[None, :] + bias[None, :]
 
@@ -60,11 +62,13 @@ def _layer_norm_bwd_kernel(
     weight_ptr,  # [C]
     mean_ptr,  # [M] fp32
     rstd_ptr,  # [M] fp32
-    dx_ptr,  # [M, C] gradient of x, x's dtype
-    dweight_partial_ptr,  # [num_programs, C] fp32, this program's sum over its rows
-    dbias_partial_ptr,  # [num_programs, C] fp32
+    dx_ptr,  # [M, C] gradient of x, x's dtype; written only if DX
+    dweight_partial_ptr,  # [num_programs, C] fp32, this program's sum over its rows; written only if DAFFINE
+    dbias_partial_ptr,  # [num_programs, C] fp32; written only if DAFFINE
     M,
     C,
+    DX: tl.constexpr,
+    DAFFINE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -80,18 +84,20 @@ def _layer_norm_bwd_kernel(
         rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
         rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        weighted_dy = dy * weight[None, :]
-        # dx = rstd * (w*dy - mean(w*dy) - x_hat * mean(w*dy * x_hat)); padded columns are zero in both sums.
-        mean_wdy = tl.sum(weighted_dy, axis=1) / C
-        mean_wdy_xhat = tl.sum(weighted_dy * x_hat, axis=1) / C
-        dx = (weighted_dy - mean_wdy[:, None] - x_hat * mean_wdy_xhat[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if DX:
+            weighted_dy = dy * weight[None, :]
+            # dx = rstd * (w*dy - mean(w*dy) - x_hat * mean(w*dy * x_hat)); padded columns are zero in both sums.
+            mean_wdy = tl.sum(weighted_dy, axis=1) / C
+            mean_wdy_xhat = tl.sum(weighted_dy * x_hat, axis=1) / C
+            dx = (weighted_dy - mean_wdy[:, None] - x_hat * mean_wdy_xhat[:, None]) * rstd[:, None]
+            tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if DAFFINE:
+            dweight += tl.sum(dy * x_hat, axis=0)
+            dbias += tl.sum(dy, axis=0)
 
-        dweight += tl.sum(dy * x_hat, axis=0)
-        dbias += tl.sum(dy, axis=0)
-
-    tl.store(dweight_partial_ptr + pid * C + cols, dweight, mask=col_mask)
-    tl.store(dbias_partial_ptr + pid * C + cols, dbias, mask=col_mask)
+    if DAFFINE:
+        tl.store(dweight_partial_ptr + pid * C + cols, dweight, mask=col_mask)
+        tl.store(dbias_partial_ptr + pid * C + cols, dbias, mask=col_mask)
 
 
 def _block_sizes(width: int) -> tuple[int, int, int]:
@@ -140,39 +146,34 @@ def layer_norm_fwd(
 
 
 def layer_norm_bwd(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    dx: bool = True, daffine: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
     """Backward launcher. dy, x: [..., C]; weight: [C]; mean, rstd: [M] fp32 from ``layer_norm_fwd``.
 
-    Returns (dx [..., C] in x's dtype, dweight [C], dbias [C] in weight's dtype).
+    Returns (dx [..., C] in x's dtype, dweight [C], dbias [C] in weight's dtype); dx is None unless ``dx``,
+    dweight and dbias are None unless ``daffine`` (the kernel skips that work).
     """
     width = x.shape[-1]
     dy = dy.contiguous()
     x2d = x.view(-1, width)
     rows = x2d.shape[0]
-    dx = torch.empty_like(x)
+    grad_x = torch.empty_like(x) if dx else None
     if rows == 0:
-        return dx, torch.zeros_like(weight), torch.zeros_like(weight)
+        return (grad_x, torch.zeros_like(weight), torch.zeros_like(weight)) if daffine else (grad_x, None, None)
     block_m, block_c, num_warps = _block_sizes(width)
     num_programs = min(triton.cdiv(rows, block_m), 4 * sm_count(x.device))
-    dweight_partial = torch.empty(num_programs, width, device=x.device, dtype=torch.float32)
-    dbias_partial = torch.empty(num_programs, width, device=x.device, dtype=torch.float32)
+    partials = torch.empty(2, num_programs, width, device=x.device, dtype=torch.float32) if daffine else None
     _layer_norm_bwd_kernel[(num_programs,)](
-        x2d,
-        dy.view(-1, width),
-        weight,
-        mean,
-        rstd,
-        dx,
-        dweight_partial,
-        dbias_partial,
-        rows,
-        width,
-        BLOCK_M=block_m,
-        BLOCK_C=block_c,
-        num_warps=num_warps,
-    )
-    return dx, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
+        x2d, dy.view(-1, width), weight, mean, rstd,
+        x2d if grad_x is None else grad_x,  # unused pointers when the flags are off
+        *((x2d, x2d) if partials is None else partials),
+        rows, width, DX=dx, DAFFINE=daffine, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
+    )  # fmt: skip
+    if not daffine:
+        return grad_x, None, None
+    dweight, dbias = partials.sum(1).to(weight.dtype)
+    return grad_x, dweight, dbias
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -186,10 +187,9 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias = layer_norm_bwd(dy, x, weight, mean, rstd)
         needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
-        return (dx if needs_x else None), (dweight if needs_weight else None), (dbias if needs_bias else None), None
+        dx, dweight, dbias = layer_norm_bwd(dy, *ctx.saved_tensors, dx=needs_x, daffine=needs_weight or needs_bias)
+        return dx, (dweight if needs_weight else None), (dbias if needs_bias else None), None
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:

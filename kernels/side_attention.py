@@ -1,28 +1,27 @@
 """MetaT cross-attention of a side block, fused: ``x + Proj(MHA(q=Wq LN1(x), k=Wk kv, v=Wv kv))`` (HST.md §3, §5).
 
-The trick (HST.md §5): there are only M = G+1 <= 16 keys (2 or 9 in practice) but up to 65,536 queries,
-so the query and output projections are folded into the keys and values, per (batch, head), by a
-small torch prologue on ``[B, h, M, C]`` tensors (``_fold``):
+The trick (HST.md §5): there are only M = G+1 <= 16 keys (2 or 9 in practice) but up to 65,536 queries, so the
+query and output projections are folded into the keys and values per (batch, head) by ``fold_attention``, plain
+differentiable torch ops on ``[B, H, M, C]`` tensors (autograd differentiates them; no chain rule here):
 
-- ``K'_h = s * (Wk kv + bk)_h Wq_h``, ``[M, C]`` over the C input dims of LN1(x), s = (C/h)^-1/2;
-  with LN1's affine folded in too, scores_h = ``xhat @ (K'_h * w)^T + (s * bq_h . k_h + K'_h @ b)``,
-  where xhat is the *un-affined* normalized x;
-- ``V'_h = (Wv kv + bv)_h Wproj_h^T``, ``[M, C]``, so the branch is ``sum_h softmax(scores_h) @ V'_h
-  + bproj`` (a drop-path ``branch_scale[b]`` is folded into V' and bproj too).
+- keys ``K''_h = s * (Wk kv + bk)_h (Wq_h * w)``, ``[M, C]`` over the C input dims of LN1(x), s = (C/h)^-1/2,
+  w, b = LN1's affine; score bias ``s * (Wk kv + bk)_h . (Wq_h b + bq_h)``; so scores_h = xhat @ K''_h^T + bias
+  with xhat the *un-affined* normalized x;
+- values ``V'_h = (Wv kv + bv)_h Wproj_h^T``, ``[M, C]``, and out bias bproj, both times a drop-path
+  ``branch_scale[b]``: the branch is ``sum_h softmax(scores_h) @ V'_h + bproj``.
 
-The main kernel then reads each query token once, normalizes it in registers, loops over the heads
-with the folded keys/values of its batch (read from L2, padded to 16 keys with masks: padded keys get
-a -inf score), and writes ``x + branch``. No ``C x C`` matrix ever touches the N queries; every
-``tl.dot`` has all dims >= 16 whatever the head width (6..64), because the contraction runs over C.
+``SideAttentionFunction`` holds the kernel math only. Its forward reads each query token once, normalizes it in
+registers, loops over the heads with the folded keys/values of its batch (read from L2, padded to 16 keys with
+masks: padded keys get a -inf score) and writes ``x + branch``: no ``C x C`` matrix ever touches the N queries, and
+every ``tl.dot`` has all dims >= 16 whatever the head width (6..64), because the contraction runs over C.
 
-Backward: the per-token kernel recomputes LN and the softmax, writes
-``dx = dy + LN_backward(sum_h ds_h @ K''_h)`` with ``ds_h = p_h * (dp_h - rowsum(p_h dp_h))``,
-``dp_h = dy @ V'_h^T``, and reduces the small per-(batch, head) quantities ``sum_n ds^T xhat``,
-``sum_n ds``, ``sum_n p^T dy`` and ``sum_n dy``: a persistent grid of ``S`` programs per batch,
-each adding its tiles into its own fp32 partial slice (relaxed atomics into a slice no other program
-touches, so there is no contention), then one torch ``sum`` over the S slices. The chain rule back
-through the folding to kv, Wq, bq, Wk, bk, Wv, bv, Wproj, bproj and LN1's weight/bias is torch ops
-on ``[B, h, M, C]`` tensors (``_fold_backward``).
+Its backward recomputes LN and the softmax per token and writes ``dx = dy + LN_backward(sum_h ds_h @ K''_h)``
+(``ds_h = p_h * (dp_h - rowsum(p_h dp_h))``, ``dp_h = dy @ V'_h^T``) and the gradients of the folded tensors,
+``sum_n ds^T xhat``, ``sum_n ds``, ``sum_n p^T dy`` and ``sum_n dy``: a persistent grid of S programs per batch
+element, each adding its token tiles in order into its own fp32 slice of one partial buffer (relaxed atomics into a
+slice no other program touches: no contention, and every element sees one program's adds in a fixed order, so the
+result is deterministic), then one torch ``sum`` over the S slices. Only what autograd needs is computed
+(``ctx.needs_input_grad``): dx, the folded gradients, or both.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import numbers
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -44,22 +42,14 @@ from ._compat import (
     prune_by_registers,
     sm_count,
 )
+from ._tiles import layer_norm_tile
 
-__all__ = ["AttentionParams", "SideAttentionFunction", "side_attention", "side_attention_bwd", "side_attention_fwd"]
+__all__ = ["AttentionParams", "SideAttentionFunction", "fold_attention", "side_attention", "side_attention_bwd",
+           "side_attention_fwd"]  # fmt: skip
 
 MAX_KEYS = 16  # BLOCK_M: keys are padded to one 16-row tile
 MAX_WIDTH = 1024  # one [BLOCK_N, next_pow2(C)] register tile per token block
-_PARTIAL_BYTES = 16 << 20  # cap on the backward's fp32 partial buffers (they should stay in L2)
-
-
-@triton.jit
-def _normalize(x, mask_c, C, eps):
-    """LayerNorm without affine over the columns of x [BLOCK_N, BLOCK_C] (padded columns are 0).
-    Returns xhat (0 in padded columns) and rstd [BLOCK_N]."""
-    mean = tl.sum(x, axis=1) / C
-    xc = tl.where(mask_c[None, :], x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
-    return xc * rstd[:, None], rstd
+_PARTIAL_BYTES = 16 << 20  # cap on the backward's fp32 partial buffer (it should stay in L2)
 
 
 @triton.jit
@@ -71,6 +61,17 @@ def _head_probs(xhat, kf, kb, DOT_PRECISION: tl.constexpr):
     return p / tl.sum(p, axis=1)[:, None]
 
 
+@triton.jit
+def _load_head(KF, KB, VF, b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb, stride_vh, kv_offs, mask_kv,
+               offs_m, mask_m):  # fmt: skip
+    """Head h of batch element b: folded keys and values [BLOCK_M, BLOCK_C] (0 in padded rows and columns) and
+    score bias [BLOCK_M] (-inf in padded keys)."""
+    kf = tl.load(KF + b * stride_kb + h * stride_kh + kv_offs, mask=mask_kv, other=0.0)
+    kb = tl.load(KB + b * stride_bb + h * stride_bh + offs_m, mask=mask_m, other=float("-inf"))
+    vf = tl.load(VF + b * stride_vb + h * stride_vh + kv_offs, mask=mask_kv, other=0.0)
+    return kf, kb, vf
+
+
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_N": block_n}, num_warps=num_warps)
     for block_n, num_warps in ((64, 4), (32, 4), (128, 4), (64, 8), (128, 8), (16, 4), (32, 8))
@@ -79,19 +80,21 @@ _FWD_CONFIGS = [
 
 @triton.autotune(
     configs=autotune_configs(_FWD_CONFIGS),
-    key=["C", "H", "M"],
+    key=["C", "H", "M", "ROWS_BUCKET"],
     # two live [BLOCK_N, BLOCK_C] fp32 tiles (xhat, acc) per program
     prune_configs_by={"early_config_prune": prune_by_registers(128, lambda m: (2 * m["BLOCK_N"] * m["BLOCK_C"],))},
 )
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_attention_fwd_kernel(
     X,  # [B, N, C] side tokens
-    KF,  # [B, H, M, C] fp32 folded keys K'' = s * k_h Wq_h * ln_weight
-    KB,  # [B, H, M] fp32 folded score bias
-    VF,  # [B, H, M, C] fp32 folded values V' = v_h Wproj_h^T (times branch_scale)
-    OB,  # [B, C] fp32 output bias bproj (times branch_scale)
+    KF,  # [B, H, M, C] fp32 folded keys K'': (b, h, m, c) at b * stride_kb + h * stride_kh + m * C + c
+    KB,  # [B, H, M] fp32 folded score bias: (b, h, m) at b * stride_bb + h * stride_bh + m
+    VF,  # [B, H, M, C] fp32 folded values V': (b, h, m, c) at b * stride_vb + h * stride_vh + m * C + c
+    OB,  # [B, C] fp32 out bias: (b, c) at b * stride_ob + c
     Y,  # [B, N, C] output, x's dtype
     N, C, M, H,  # tokens, width, keys, heads
+    stride_kb, stride_kh, stride_bb, stride_bh, stride_vb, stride_vh, stride_ob,
+    ROWS_BUCKET,  # autotuning key only: next_power_of_2(B * N)
     eps,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -101,24 +104,23 @@ def _side_attention_fwd_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_m = tl.arange(0, BLOCK_M)
     mask_c = offs_c < C
+    mask_m = offs_m < M
     mask_x = (offs_n < N)[:, None] & mask_c[None, :]
-    mask_kv = (offs_m < M)[:, None] & mask_c[None, :]
+    mask_kv = mask_m[:, None] & mask_c[None, :]
     kv_offs = offs_m[:, None] * C + offs_c[None, :]
 
     tok = pid_b * N * C + offs_n[:, None] * C + offs_c[None, :]
     x = tl.load(X + tok, mask=mask_x, other=0.0).to(tl.float32)
-    xhat, _ = _normalize(x, mask_c, C, eps)
+    _, _, xhat = layer_norm_tile(x, mask_x, C, eps)
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
     for h in range(H):
-        head = pid_b * H + h
-        kf = tl.load(KF + head * M * C + kv_offs, mask=mask_kv, other=0.0)
-        kb = tl.load(KB + head * M + offs_m, mask=offs_m < M, other=float("-inf"))
+        kf, kb, vf = _load_head(KF, KB, VF, pid_b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb,
+                                stride_vh, kv_offs, mask_kv, offs_m, mask_m)  # fmt: skip
         p = _head_probs(xhat, kf, kb, DOT_PRECISION)
-        vf = tl.load(VF + head * M * C + kv_offs, mask=mask_kv, other=0.0)
         acc += tl.dot(p, vf, input_precision=DOT_PRECISION)
 
-    ob = tl.load(OB + pid_b * C + offs_c, mask=mask_c, other=0.0)
+    ob = tl.load(OB + pid_b * stride_ob + offs_c, mask=mask_c, other=0.0)
     tl.store(Y + tok, (x + acc + ob[None, :]).to(Y.dtype.element_ty), mask=mask_x)
 
 
@@ -126,27 +128,30 @@ def _side_attention_fwd_kernel(
 def _side_attention_bwd_kernel(
     X,  # [B, N, C] side tokens (forward input)
     DY,  # [B, N, C] upstream gradient
-    KF,  # [B, H, M, C] fp32 folded keys
-    KB,  # [B, H, M] fp32 folded score bias
-    VF,  # [B, H, M, C] fp32 folded values
-    DX,  # [B, N, C] gradient of x, x's dtype
-    DKF,  # [B, S, H, M, C] fp32, zeroed: per-program partials of sum_n ds^T xhat
-    DKB,  # [B, S, H, M] fp32, zeroed: per-program partials of sum_n ds
-    DVF,  # [B, S, H, M, C] fp32, zeroed: per-program partials of sum_n p^T dy
-    DOB,  # [B, S, C] fp32: per-program partials of sum_n dy
+    KF, KB, VF,  # folded keys, score bias and values, as in the forward kernel
+    DX,  # [B, N, C] gradient of x, x's dtype; written only if WRITE_DX
+    PARTIAL,  # [S, 2HBMC + HBM + BC] fp32, zeroed; written only if FOLD_GRADS. Slice s holds program (s, b)'s
+    # sums over its tokens, head-major: d_keys [H, B, M, C] (sum ds^T xhat), d_values [H, B, M, C] (sum p^T dy),
+    # d_key_bias [H, B, M] (sum ds), d_out_bias [B, C] (sum dy)
     N, C, M, H, S,  # tokens, width, keys, heads, programs per batch element
+    stride_kb, stride_kh, stride_bb, stride_bh, stride_vb, stride_vh,
     eps,
+    WRITE_DX: tl.constexpr, FOLD_GRADS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_s = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    B = tl.num_programs(1)
     offs_c = tl.arange(0, BLOCK_C)
     offs_m = tl.arange(0, BLOCK_M)
     mask_c = offs_c < C
     mask_m = offs_m < M
     mask_kv = mask_m[:, None] & mask_c[None, :]
     kv_offs = offs_m[:, None] * C + offs_c[None, :]
-    part = (pid_b * S + pid_s) * H  # this program's first [M, C] partial slice
+    d_keys = PARTIAL + pid_s * (2 * H * B * M * C + H * B * M + B * C)  # this program's slice
+    d_values = d_keys + H * B * M * C
+    d_key_bias = d_values + H * B * M * C
+    d_out_bias = d_key_bias + H * B * M
 
     dob = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_s, tl.cdiv(N, BLOCK_N), S):
@@ -156,39 +161,40 @@ def _side_attention_bwd_kernel(
         tok = pid_b * N * C + offs_n[:, None] * C + offs_c[None, :]
         x = tl.load(X + tok, mask=mask_x, other=0.0).to(tl.float32)
         dy = tl.load(DY + tok, mask=mask_x, other=0.0).to(tl.float32)
-        xhat, rstd = _normalize(x, mask_c, C, eps)
+        _, rstd, xhat = layer_norm_tile(x, mask_x, C, eps)
         dob += tl.sum(dy, axis=0)
 
         dxhat = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
         for h in range(H):
-            head = pid_b * H + h
-            kf = tl.load(KF + head * M * C + kv_offs, mask=mask_kv, other=0.0)
-            kb = tl.load(KB + head * M + offs_m, mask=mask_m, other=float("-inf"))
-            vf = tl.load(VF + head * M * C + kv_offs, mask=mask_kv, other=0.0)
+            kf, kb, vf = _load_head(KF, KB, VF, pid_b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb,
+                                    stride_vh, kv_offs, mask_kv, offs_m, mask_m)  # fmt: skip
             p = tl.where(mask_n[:, None], _head_probs(xhat, kf, kb, DOT_PRECISION), 0.0)
             dp = tl.dot(dy, tl.trans(vf), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
             ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # softmax backward; 0 in padded keys/tokens
-            dxhat += tl.dot(ds, kf, input_precision=DOT_PRECISION)
+            if WRITE_DX:
+                dxhat += tl.dot(ds, kf, input_precision=DOT_PRECISION)
+            if FOLD_GRADS:
+                head = h * B + pid_b
+                dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
+                dkf = tl.dot(tl.trans(ds), xhat, input_precision=DOT_PRECISION)
+                tl.atomic_add(d_values + head * M * C + kv_offs, dvf, mask=mask_kv, sem="relaxed")
+                tl.atomic_add(d_keys + head * M * C + kv_offs, dkf, mask=mask_kv, sem="relaxed")
+                tl.atomic_add(d_key_bias + head * M + offs_m, tl.sum(ds, axis=0), mask=mask_m, sem="relaxed")
 
-            slice_offs = (part + h) * M * C + kv_offs
-            dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
-            dkf = tl.dot(tl.trans(ds), xhat, input_precision=DOT_PRECISION)
-            tl.atomic_add(DVF + slice_offs, dvf, mask=mask_kv, sem="relaxed")
-            tl.atomic_add(DKF + slice_offs, dkf, mask=mask_kv, sem="relaxed")
-            tl.atomic_add(DKB + (part + h) * M + offs_m, tl.sum(ds, axis=0), mask=mask_m, sem="relaxed")
+        if WRITE_DX:
+            # LayerNorm backward (no affine: LN1's weight/bias live in the folded keys).
+            mean_dxhat = tl.sum(dxhat, axis=1) / C
+            mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / C
+            dx = dy + rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+            tl.store(DX + tok, dx.to(DX.dtype.element_ty), mask=mask_x)
 
-        # LayerNorm backward (no affine: LN1's weight/bias live in the folded keys).
-        mean_dxhat = tl.sum(dxhat, axis=1) / C
-        mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / C
-        dx = dy + rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
-        tl.store(DX + tok, dx.to(DX.dtype.element_ty), mask=mask_x)
-
-    tl.store(DOB + (pid_b * S + pid_s) * C + offs_c, dob, mask=mask_c)
+    if FOLD_GRADS:
+        tl.store(d_out_bias + pid_b * C + offs_c, dob, mask=mask_c)
 
 
 class AttentionParams(NamedTuple):
     """The side block's LN1 affine ([C]) and its q, k, v, proj Linear layers (weights [C, C], biases [C]), in the
-    public op's argument order. Launchers take them as one tuple."""
+    public op's argument order."""
 
     norm_weight: torch.Tensor
     norm_bias: torch.Tensor
@@ -202,90 +208,44 @@ class AttentionParams(NamedTuple):
     proj_bias: torch.Tensor
 
 
-class _Folded(NamedTuple):
-    """The per-(batch, head) folded attention (fp32) and what its backward needs."""
+def fold_attention(
+    kv: torch.Tensor, params: AttentionParams, num_heads: int, branch_scale: torch.Tensor | None = None,
+    branch_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Folds LN1's affine and Wq into the keys, Wproj and ``branch_scale`` into the values, per (batch, head), in
+    fp32, with differentiable torch ops (k and v in one matmul, one bmm per folded tensor).
 
-    keys: torch.Tensor  # [B, H, M, C] K'' = K' * ln_weight, applied to the un-affined xhat
-    key_bias: torch.Tensor  # [B, H, M] s * bq_h . k_h + K' @ ln_bias
-    values: torch.Tensor  # [B, H, M, C] V' (times branch_scale)
-    out_bias: torch.Tensor  # [B, C] bproj (times branch_scale)
-    raw_keys: torch.Tensor  # [B, H, M, C] K' = s * k_h Wq_h
-    k: torch.Tensor  # [B, H, M, d] Wk kv + bk, per head
-    v: torch.Tensor  # [B, H, M, d] Wv kv + bv, per head
-    scale: torch.Tensor | None  # [B] branch_scale in fp32, or None
-
-
-def _fold(kv, params: AttentionParams, num_heads, branch_scale, branch_dtype) -> _Folded:
-    """Folds Wq (and LN1's affine) into the keys and Wproj into the values, per (batch, head), in fp32."""
-    p = AttentionParams(*(t.float() for t in params))
+    kv: [B, M, C]; params: ``AttentionParams``; branch_scale: optional [B], rounded to ``branch_dtype`` first as the
+    reference rounds it. Returns fp32 (keys [B, H, M, C], key_bias [B, H, M], values [B, H, M, C], out_bias [B, C]);
+    keys, key_bias and values are head-major in memory (views of [H, B, M, ...] tensors).
+    """
+    p = params
     batch, num_keys, width = kv.shape
     head_dim = width // num_heads
-    softmax_scale = head_dim**-0.5
-    kv = kv.float()
-    k = F.linear(kv, p.k_weight, p.k_bias).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
-    v = F.linear(kv, p.v_weight, p.v_bias).view(batch, num_keys, num_heads, head_dim).transpose(1, 2)
-    raw_keys = softmax_scale * torch.einsum("bhmd,hdc->bhmc", k, p.q_weight.view(num_heads, head_dim, width))
-    key_bias = softmax_scale * torch.einsum("bhmd,hd->bhm", k, p.q_bias.view(num_heads, head_dim))
-    keys = raw_keys * p.norm_weight
-    key_bias = key_bias + raw_keys @ p.norm_bias
-    values = torch.einsum("bhmd,ohd->bhmo", v, p.proj_weight.view(width, num_heads, head_dim))
-    out_bias = p.proj_bias.expand(batch, width)
-    scale = None
+
+    def per_head(t: torch.Tensor) -> torch.Tensor:  # [B*M, C] -> [H, B*M, D] view
+        return t.view(-1, num_heads, head_dim).transpose(0, 1)
+
+    def batch_major(t: torch.Tensor) -> torch.Tensor:  # [H, B*M, ...] -> [B, H, M, ...] view
+        return t.view(num_heads, batch, num_keys, *t.shape[2:]).transpose(0, 1)
+
+    kv_weight = torch.cat([p.k_weight, p.v_weight]).float()
+    kv_bias = torch.cat([p.k_bias, p.v_bias]).float()
+    k, v = torch.addmm(kv_bias, kv.reshape(-1, width).float(), kv_weight.t()).view(-1, 2, width).unbind(1)
+    k = per_head(k * head_dim**-0.5)
+    q_weight = p.q_weight.float()
+    folded_q = (q_weight * p.norm_weight.float()).view(num_heads, head_dim, width)  # Wq_h * w
+    folded_q_bias = torch.addmv(p.q_bias.float(), q_weight, p.norm_bias.float()).view(num_heads, head_dim, 1)
+    proj = p.proj_weight.float().view(width, num_heads, head_dim).permute(1, 2, 0)  # Wproj_h^T, [H, D, C]
+    keys = batch_major(torch.bmm(k, folded_q))
+    key_bias = batch_major(torch.bmm(k, folded_q_bias).squeeze(2))
+    values = batch_major(torch.bmm(per_head(v), proj))
+    out_bias = p.proj_bias.float().expand(batch, width)
     if branch_scale is not None:
-        # the reference multiplies by branch_scale.to(x.dtype): round the same way
         scale = branch_scale.to(branch_dtype).float()
         values = values * scale.view(batch, 1, 1, 1)
         out_bias = out_bias * scale.view(batch, 1)
-    return _Folded(
-        keys.contiguous(), key_bias.contiguous(), values.contiguous(), out_bias.contiguous(), raw_keys, k, v, scale
-    )
-
-
-def _fold_backward(folded: _Folded, grads, kv, params: AttentionParams):
-    """Chain rule from the reduced gradients of the folded tensors back to the module's inputs.
-
-    grads: (d_keys [B, H, M, C], d_key_bias [B, H, M], d_values [B, H, M, C], d_out_bias [B, C]), fp32.
-    Returns fp32 grads for (kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight,
-    v_bias, proj_weight, proj_bias).
-    """
-    d_keys, d_key_bias, d_values, d_out_bias = grads
-    batch, num_heads, num_keys, width = d_keys.shape
-    head_dim = width // num_heads
-    softmax_scale = head_dim**-0.5
-    if folded.scale is not None:
-        d_values = d_values * folded.scale.view(batch, 1, 1, 1)
-        d_out_bias = d_out_bias * folded.scale.view(batch, 1)
-    grad_proj_bias = d_out_bias.sum(0)
-
-    # keys = raw_keys * w; key_bias = s * bq.k + raw_keys @ b
-    grad_norm_weight = (d_keys * folded.raw_keys).sum((0, 1, 2))
-    grad_norm_bias = torch.einsum("bhm,bhmc->c", d_key_bias, folded.raw_keys)
-    norm_weight, norm_bias = params.norm_weight.float(), params.norm_bias.float()
-    d_raw_keys = softmax_scale * (d_keys * norm_weight + d_key_bias[..., None] * norm_bias)
-    d_qk_bias = softmax_scale * d_key_bias  # gradient of (bq_h . k_h), [B, H, M]
-
-    # raw_keys = s * k_h Wq_h
-    wq = params.q_weight.float().view(num_heads, head_dim, width)
-    bq = params.q_bias.float().view(num_heads, head_dim)
-    grad_k = torch.einsum("bhmc,hdc->bhmd", d_raw_keys, wq) + d_qk_bias[..., None] * bq[None, :, None, :]
-    grad_q_weight = torch.einsum("bhmd,bhmc->hdc", folded.k, d_raw_keys).reshape(width, width)
-    grad_q_bias = torch.einsum("bhm,bhmd->hd", d_qk_bias, folded.k).reshape(width)
-
-    # values = v_h Wproj_h^T
-    wp = params.proj_weight.float().view(width, num_heads, head_dim)
-    grad_v = torch.einsum("bhmo,ohd->bhmd", d_values, wp)
-    grad_proj_weight = torch.einsum("bhmo,bhmd->ohd", d_values, folded.v).reshape(width, width)
-
-    # k = kv Wk^T + bk, v = kv Wv^T + bv
-    kv = kv.float().reshape(-1, width)
-    grad_k = grad_k.transpose(1, 2).reshape(-1, width)
-    grad_v = grad_v.transpose(1, 2).reshape(-1, width)
-    grad_kv = (grad_k @ params.k_weight.float() + grad_v @ params.v_weight.float()).view(batch, num_keys, width)
-    grad_params = AttentionParams(
-        grad_norm_weight, grad_norm_bias, grad_q_weight, grad_q_bias, grad_k.t() @ kv, grad_k.sum(0),
-        grad_v.t() @ kv, grad_v.sum(0), grad_proj_weight, grad_proj_bias,
-    )  # fmt: skip
-    return (grad_kv, *grad_params)
+    return keys, key_bias, values, out_bias
 
 
 def _check_inputs(x, kv, params: AttentionParams, num_heads, branch_scale) -> None:
@@ -324,26 +284,44 @@ def _check_inputs(x, kv, params: AttentionParams, num_heads, branch_scale) -> No
     check_tensors("side_attention", x, kv, *params)
 
 
-def side_attention_fwd(x, kv, params: AttentionParams, num_heads, eps=1e-6, branch_scale=None):
-    """Forward launcher. x: [B, N, C]; kv: [B, M, C]; params: the 10 parameter tensors (any sequence in
-    ``AttentionParams`` order). Returns (y [B, N, C] in x's dtype, the fold)."""
-    params = AttentionParams(*params)
-    _check_inputs(x, kv, params, num_heads, branch_scale)
-    num_heads = int(num_heads)
-    folded = _fold(kv, params, num_heads, branch_scale, x.dtype)
+def _check_folded(x, keys, key_bias, values, out_bias) -> None:
+    """The folded tensors against x [B, N, C]: shapes and dtype (ValueError), contiguous rows (UnsupportedInput)."""
+    batch, _, width = x.shape
+    num_heads, num_keys = keys.shape[1], keys.shape[2]
+    shapes = {"keys": (batch, num_heads, num_keys, width), "key_bias": (batch, num_heads, num_keys),
+              "values": (batch, num_heads, num_keys, width), "out_bias": (batch, width)}  # fmt: skip
+    for (name, shape), t in zip(shapes.items(), (keys, key_bias, values, out_bias)):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or t.device != x.device:
+            raise ValueError(f"side_attention: {name} is {tuple(t.shape)} {t.dtype}, expected {list(shape)} fp32")
+    if keys.stride()[2:] != (width, 1) or values.stride()[2:] != (width, 1) or key_bias.stride(2) != 1:
+        raise UnsupportedInput("side_attention: folded keys/values need contiguous [M, C] rows per (batch, head)")
+    if out_bias.stride(1) != 1:
+        raise UnsupportedInput("side_attention: out_bias needs contiguous [C] rows")
+
+
+def _head_strides(keys, key_bias, values) -> tuple[int, ...]:
+    """The kernels' batch and head strides of keys, key_bias and values (their rows are contiguous)."""
+    return (*keys.stride()[:2], *key_bias.stride()[:2], *values.stride()[:2])
+
+
+def side_attention_fwd(x, keys, key_bias, values, out_bias, eps=1e-6) -> torch.Tensor:
+    """Forward launcher. x: [B, N, C] contiguous; keys [B, H, M, C], key_bias [B, H, M], values [B, H, M, C],
+    out_bias [B, C]: fp32 from ``fold_attention``. Returns y [B, N, C] in x's dtype."""
+    _check_folded(x, keys, key_bias, values, out_bias)
     batch, num_tokens, width = x.shape
     y = torch.empty_like(x)
     if x.numel() == 0:
-        return y, folded
+        return y
 
     def grid(meta):
         return (triton.cdiv(num_tokens, meta["BLOCK_N"]), batch)
 
     _side_attention_fwd_kernel[grid](
-        x, folded.keys, folded.key_bias, folded.values, folded.out_bias, y, num_tokens, width, kv.shape[1], num_heads,
-        eps, BLOCK_C=triton.next_power_of_2(width), BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
+        x, keys, key_bias, values, out_bias, y, num_tokens, width, keys.shape[2], keys.shape[1],
+        *_head_strides(keys, key_bias, values), out_bias.stride(0), triton.next_power_of_2(batch * num_tokens), eps,
+        BLOCK_C=triton.next_power_of_2(width), BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
     )  # fmt: skip
-    return y, folded
+    return y
 
 
 def _bwd_block_sizes(width: int) -> tuple[int, int, int]:
@@ -356,60 +334,66 @@ def _bwd_block_sizes(width: int) -> tuple[int, int, int]:
 
 
 def side_attention_bwd(
-    grad_out, x, folded: _Folded, kv, params: AttentionParams, num_heads, eps, num_splits: int | None = None
+    grad_out, x, keys, key_bias, values, eps, dx: bool = True, fold_grads: bool = True, num_splits: int | None = None
 ):
-    """Backward launcher. Returns fp32-reduced grads cast to each input's dtype, in the order
-    (x, kv, norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias).
+    """Backward launcher; arguments as ``side_attention_fwd``. Returns (dx [B, N, C] in x's dtype or None unless
+    ``dx``, then d_keys, d_key_bias, d_values, d_out_bias in fp32, head-major as ``fold_attention``'s, or Nones
+    unless ``fold_grads``).
 
-    ``num_splits``: programs per batch element (S), default about 2 per SM over the batch; tests set it
-    low to make programs loop over several token tiles.
+    ``num_splits``: programs per batch element (S), default about 2 per SM over the batch; tests set it low to make
+    programs loop over several token tiles.
     """
     grad_out = grad_out.contiguous()
     batch, num_tokens, width = x.shape
-    num_keys = kv.shape[1]
+    num_heads, num_keys = keys.shape[1], keys.shape[2]
     block_n, block_c, num_warps = _bwd_block_sizes(width)
     num_tiles = triton.cdiv(num_tokens, block_n)
+    slice_size = 2 * num_heads * batch * num_keys * width + num_heads * batch * num_keys + batch * width
     if num_splits is None:
-        slice_bytes = batch * (2 * num_heads * num_keys * width + num_heads * num_keys + width) * 4
-        num_splits = min(triton.cdiv(2 * sm_count(x.device), batch), max(1, _PARTIAL_BYTES // slice_bytes))
+        num_splits = min(triton.cdiv(2 * sm_count(x.device), batch), max(1, _PARTIAL_BYTES // (4 * slice_size)))
     num_splits = max(1, min(num_splits, num_tiles))
 
-    f32 = {"device": x.device, "dtype": torch.float32}
-    d_keys = torch.zeros(batch, num_splits, num_heads, num_keys, width, **f32)
-    d_key_bias = torch.zeros(batch, num_splits, num_heads, num_keys, **f32)
-    d_values = torch.zeros(batch, num_splits, num_heads, num_keys, width, **f32)
-    d_out_bias = torch.zeros(batch, num_splits, width, **f32)
-    grad_x = torch.empty_like(x)
+    grad_x = torch.empty_like(x) if dx else None
+    partial = torch.zeros(num_splits, slice_size, device=x.device, dtype=torch.float32) if fold_grads else None
     if num_tokens > 0:
         _side_attention_bwd_kernel[(num_splits, batch)](
-            x, grad_out, folded.keys, folded.key_bias, folded.values, grad_x, d_keys, d_key_bias, d_values, d_out_bias,
-            num_tokens, width, num_keys, num_heads, num_splits, eps,
+            x, grad_out, keys, key_bias, values, x if grad_x is None else grad_x, x if partial is None else partial,
+            num_tokens, width, num_keys, num_heads, num_splits, *_head_strides(keys, key_bias, values), eps,
+            WRITE_DX=dx, FOLD_GRADS=fold_grads,
             BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
             num_warps=num_warps,
         )  # fmt: skip
-    reduced = (d_keys.sum(1), d_key_bias.sum(1), d_values.sum(1), d_out_bias.sum(1))
-    grads = _fold_backward(folded, reduced, kv, AttentionParams(*params))
-    return (grad_x, *(g.to(x.dtype) for g in grads))
+    if partial is None:
+        return grad_x, None, None, None, None
+    head_major = (num_heads, batch, num_keys)
+    d_keys, d_values, d_key_bias, d_out_bias = partial.sum(0).split(
+        [num_heads * batch * num_keys * width] * 2 + [num_heads * batch * num_keys, batch * width]
+    )
+    return (
+        grad_x,
+        d_keys.view(*head_major, width).transpose(0, 1),
+        d_key_bias.view(head_major).transpose(0, 1),
+        d_values.view(*head_major, width).transpose(0, 1),
+        d_out_bias.view(batch, width),
+    )
 
 
 class SideAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: saves x, kv and the parameters (and the small fp32 fold); the backward recomputes LN and
-    the softmax per token. Arguments in the public op's order, the 10 parameters as ``*params``."""
+    """The kernels on already-folded tensors: ``apply(x, keys, key_bias, values, out_bias, eps)`` as
+    ``side_attention_fwd``. Saves x and the folded keys/values; the backward recomputes LN and the softmax per token
+    and returns the reduced gradients of the folded tensors."""
 
     @staticmethod
-    def forward(ctx, x, kv, *args):
-        *params, num_heads, eps, branch_scale = args
-        y, folded = side_attention_fwd(x, kv, params, num_heads, eps, branch_scale)
-        ctx.save_for_backward(x, kv, *params)
-        ctx.folded = folded  # small fp32 [B, H, M, C] tensors without autograd history
-        ctx.num_heads, ctx.eps = int(num_heads), float(eps)
-        return y
+    def forward(ctx, x, keys, key_bias, values, out_bias, eps):
+        ctx.save_for_backward(x, keys, key_bias, values)
+        ctx.eps = float(eps)
+        return side_attention_fwd(x, keys, key_bias, values, out_bias, eps)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, kv, *params = ctx.saved_tensors
-        grads = side_attention_bwd(grad_out, x, ctx.folded, kv, params, ctx.num_heads, ctx.eps)
-        return (*grads, None, None, None)
+        needs = ctx.needs_input_grad
+        grads = side_attention_bwd(grad_out, *ctx.saved_tensors, ctx.eps, dx=needs[0], fold_grads=any(needs[1:5]))
+        return (*(grad if need else None for grad, need in zip(grads, needs)), None)
 
 
 def side_attention(
@@ -425,11 +409,15 @@ def side_attention(
     x: [B, N, C] side tokens; kv: [B, M, C] meta tokens + GlobalT, 1 <= M <= 16; norm_*: [C] LN1 affine;
     *_weight: [C, C]; *_bias: [C]; num_heads must divide C (head widths of any size); branch_scale:
     optional [B] drop-path scale (no gradient). fp32 / fp16 / bf16, one dtype for all tensors but
-    branch_scale; LN, softmax and every sum in fp32. Returns [B, N, C] in x's dtype. Same signature and
-    result as ``reference.side_attention_reference``.
+    branch_scale; the fold, LN, softmax and every sum in fp32. Returns [B, N, C] in x's dtype. Same signature and
+    result as ``reference.side_attention_reference``; differentiable in x, kv and the 10 parameters.
 
     Raises ``UnsupportedInput`` for more than 16 keys, C not divisible by num_heads, C > 1024, mixed
     dtypes/devices or non-contiguous inputs; ``ValueError`` for inconsistent shapes.
     """
-    params = (norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias)
-    return SideAttentionFunction.apply(x, kv, *params, num_heads, eps, branch_scale)
+    params = AttentionParams(
+        norm_weight, norm_bias, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, proj_weight, proj_bias
+    )
+    _check_inputs(x, kv, params, num_heads, branch_scale)
+    folded = fold_attention(kv, params, int(num_heads), branch_scale, x.dtype)
+    return SideAttentionFunction.apply(x, *folded, eps)

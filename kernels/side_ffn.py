@@ -12,7 +12,9 @@ kernels here ever writes it to global memory (the flash-attention trick applied 
   ``_side_ffn_bwd_dx_kernel`` (persistent over row tiles) gives ``dx`` plus per-program fp32 partials of the
   LayerNorm affine's and FC2 bias's gradients; ``_side_ffn_bwd_dw_kernel`` (one program per hidden chunk and
   row split) accumulates ``dW1[chunk]``, ``dW2[:, chunk]`` and ``db1[chunk]`` over its rows in registers and
-  writes one fp32 partial per row split. Partials are summed once on the host; there are no atomics.
+  writes one fp32 partial per row split. Partials are summed once on the host; there are no atomics, so the
+  backward is deterministic. Each kernel runs only if autograd needs one of its gradients, and the dx kernel writes
+  ``dx`` only if x needs it (``ctx.needs_input_grad``).
 
 Reference: ``hst_fast.kernels.reference.side_ffn_reference``.
 """
@@ -59,6 +61,8 @@ def _configs(block_ms, block_hs) -> list:
     return autotune_configs(configs)
 
 
+# Retuned per width, hidden width and power-of-two bucket of the row count (not the first call's rows for every size).
+_TUNING_KEY = ["C", "H", "ROWS_BUCKET"]
 _ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
 _DW_CONFIGS = _configs((64, 128, 32, 16), (32, 64, 16))
 # The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
@@ -113,8 +117,8 @@ def _scale_rows(t, scale_ptr, rows, row_mask, N, HAS_SCALE: tl.constexpr):
     return t
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_rows})
-@triton.jit
+@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_rows})
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_ffn_fwd_kernel(
     x_ptr,  # [M, C] input rows, M = B * N
     y_ptr,  # [M, C] output, x's dtype
@@ -129,6 +133,7 @@ def _side_ffn_fwd_kernel(
     rstd_ptr,  # [M] fp32, 1 / sqrt(var + eps), saved for the backward
     M, C, H,
     N,  # rows per sample: row r belongs to sample r // N
+    ROWS_BUCKET,  # autotuning key only: next_power_of_2(M)
     eps,
     HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -137,7 +142,8 @@ def _side_ffn_fwd_kernel(
     col_mask = cols < C
     rows, row_mask, mask, offsets = row_tile(tl.program_id(0), M, C, cols, col_mask, BLOCK_M)
 
-    mean, rstd, x_hat = layer_norm_tile(x_ptr, offsets, mask, C, eps)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    mean, rstd, x_hat = layer_norm_tile(x, mask, C, eps)
     norm_weight, norm_bias = load_affine(norm_weight_ptr, norm_bias_ptr, cols, col_mask)
     normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
 
@@ -166,8 +172,8 @@ def _side_ffn_fwd_kernel(
     tl.store(rstd_ptr + rows, rstd, mask=row_mask)
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_rows})
-@triton.jit
+@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_rows})
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_ffn_bwd_dx_kernel(
     x_ptr,  # [M, C] forward input
     dy_ptr,  # [M, C] gradient of the output
@@ -179,12 +185,11 @@ def _side_ffn_bwd_dx_kernel(
     scale_ptr,  # [B] fp32, read only if HAS_SCALE
     mean_ptr,  # [M] fp32
     rstd_ptr,  # [M] fp32
-    dx_ptr,  # [M, C] gradient of x, x's dtype
-    dnorm_weight_partial_ptr,  # [num_programs, C] fp32, this program's sum over its rows
-    dnorm_bias_partial_ptr,  # [num_programs, C] fp32
-    dfc2_bias_partial_ptr,  # [num_programs, C] fp32
+    dx_ptr,  # [M, C] gradient of x, x's dtype; written only if DX
+    partial_ptr,  # [3, num_programs, C] fp32: this program's sums over its rows of dnorm_weight, dnorm_bias, dfc2_bias
     M, C, H, N,
-    HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    ROWS_BUCKET,  # autotuning key only: next_power_of_2(M)
+    HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, DX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -229,29 +234,31 @@ def _side_ffn_bwd_dx_kernel(
 
         dnorm_weight += tl.sum(dnormed * x_hat, axis=0)
         dnorm_bias += tl.sum(dnormed, axis=0)
-        # LayerNorm backward: dx_hat = w * dnormed; dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)).
-        dx_hat = dnormed * norm_weight[None, :]
-        mean_dx_hat = tl.sum(dx_hat, axis=1) / C
-        mean_dx_hat_x_hat = tl.sum(dx_hat * x_hat, axis=1) / C
-        dx = dy + (dx_hat - mean_dx_hat[:, None] - x_hat * mean_dx_hat_x_hat[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if DX:
+            # LayerNorm backward: dx_hat = w * dnormed;
+            # dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+            dx_hat = dnormed * norm_weight[None, :]
+            mean_dx_hat = tl.sum(dx_hat, axis=1) / C
+            mean_dx_hat_x_hat = tl.sum(dx_hat * x_hat, axis=1) / C
+            dx = dy + (dx_hat - mean_dx_hat[:, None] - x_hat * mean_dx_hat_x_hat[:, None]) * rstd[:, None]
+            tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
-    tl.store(dnorm_weight_partial_ptr + pid * C + cols, dnorm_weight, mask=col_mask)
-    tl.store(dnorm_bias_partial_ptr + pid * C + cols, dnorm_bias, mask=col_mask)
-    tl.store(dfc2_bias_partial_ptr + pid * C + cols, dfc2_bias, mask=col_mask)
+    partial = partial_ptr + pid * C + cols
+    tl.store(partial, dnorm_weight, mask=col_mask)
+    tl.store(partial + num_programs * C, dnorm_bias, mask=col_mask)
+    tl.store(partial + 2 * num_programs * C, dfc2_bias, mask=col_mask)
 
 
-@triton.autotune(configs=_DW_CONFIGS, key=["C", "H"], prune_configs_by={"early_config_prune": _prune_dw})
-@triton.jit
+@triton.autotune(configs=_DW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_dw})
+@triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_ffn_bwd_dw_kernel(
     # The dx kernel's 10 inputs: x, dy [M, C]; norm_weight, norm_bias [C]; fc1_weight [H, C]; fc1_bias [H];
     # fc2_weight [C, H]; scale [B] fp32 (read only if HAS_SCALE); mean, rstd [M] fp32.
     x_ptr, dy_ptr, norm_weight_ptr, norm_bias_ptr, fc1_weight_ptr, fc1_bias_ptr, fc2_weight_ptr, scale_ptr,
     mean_ptr, rstd_ptr,
-    dfc1_weight_partial_ptr,  # [num_splits, H, C] fp32, this row split's sum
-    dfc1_bias_partial_ptr,  # [num_splits, H] fp32
-    dfc2_weight_partial_ptr,  # [num_splits, C, H] fp32
+    partial_ptr,  # [num_splits, 2HC + H] fp32, this split's sums: dfc1_weight [H, C], dfc2_weight [C, H], dfc1_bias [H]
     M, C, H, N,
+    ROWS_BUCKET,  # autotuning key only: next_power_of_2(M)
     HAS_SCALE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
@@ -289,9 +296,10 @@ def _side_ffn_bwd_dw_kernel(
         dw1 = tl.dot(tl.trans(dpre), normed, dw1, input_precision=PRECISION)
         dw2_t = tl.dot(tl.trans(act), dbranch, dw2_t, input_precision=PRECISION)
 
-    tl.store(dfc1_weight_partial_ptr + split * H * C + hidden[:, None] * C + cols[None, :], dw1, mask=w_mask)
-    tl.store(dfc2_weight_partial_ptr + split * C * H + cols[None, :] * H + hidden[:, None], dw2_t, mask=w_mask)
-    tl.store(dfc1_bias_partial_ptr + split * H + hidden, db1, mask=h_mask)
+    partial = partial_ptr + split * (2 * H * C + H)
+    tl.store(partial + hidden[:, None] * C + cols[None, :], dw1, mask=w_mask)
+    tl.store(partial + H * C + cols[None, :] * H + hidden[:, None], dw2_t, mask=w_mask)
+    tl.store(partial + 2 * H * C + hidden, db1, mask=h_mask)
 
 
 _PARAM_NAMES = ("norm_weight", "norm_bias", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
@@ -336,13 +344,15 @@ def _check(x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias
 
 
 def _launch_meta(x: torch.Tensor, branch_scale: torch.Tensor | None) -> dict:
-    """Arguments every kernel here shares: branch scale, rows per sample, dot dtype and precision, BLOCK_C."""
+    """Arguments every kernel here shares: branch scale, rows per sample, tuning key, dot dtype and precision,
+    BLOCK_C."""
     width = x.shape[-1]
     has_scale = branch_scale is not None
     return {
         # Rounded to x's dtype first, as the reference multiplies in x's dtype.
         "scale": branch_scale.reshape(-1).to(x.dtype).float() if has_scale else x,
         "N": x.shape[1] if x.dim() == 3 else 1,
+        "ROWS_BUCKET": triton.next_power_of_2(x.numel() // width),
         "HAS_SCALE": has_scale,
         "DOT_DTYPE": dot_dtype(x.dtype),
         "PRECISION": dot_precision(x.dtype),
@@ -374,49 +384,46 @@ def side_ffn_fwd(
 
 def side_ffn_bwd(
     dy, x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, mean, rstd, branch_scale=None,
-    fc_weight_grads: bool = True,
-) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    needs: tuple[bool, ...] = (True,) * 7,
+) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
     """Backward launcher. dy, x: [..., C]; weights as in ``side_ffn``; mean, rstd: [M] fp32 from ``side_ffn_fwd``.
 
-    Returns (dx, dnorm_weight, dnorm_bias, dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias) in x's dtype; the FC1
-    weight/bias and FC2 weight gradients are None when ``fc_weight_grads`` is False (their kernel is skipped).
+    Returns (dx, dnorm_weight, dnorm_bias, dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias) in x's dtype, None where
+    ``needs`` (one bool per gradient, as ``ctx.needs_input_grad``) is False. The dx kernel (dx, the LayerNorm affine,
+    FC2 bias) and the dw kernel (FC1 weight and bias, FC2 weight) run only if one of their gradients is needed.
     """
     width, hidden = x.shape[-1], fc1_weight.shape[0]
     dy = dy.contiguous()
     x2d = x.view(-1, width)
     rows = x2d.shape[0]
-    dx = torch.empty_like(x)
+    grads = [torch.empty_like(x) if needs[0] else None] + [None] * 6
+    params = (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, norm_bias)  # shapes of the weight grads
     if rows == 0:
-        zeros = [torch.zeros_like(t) for t in (norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, norm_bias)]
-        return (dx, *zeros)
+        return tuple(grads[:1] + [torch.zeros_like(t) if need else None for t, need in zip(params, needs[1:])])
     meta = _launch_meta(x, branch_scale)
     scale = meta.pop("scale")
     num_sms = sm_count(x.device)
     # What both backward kernels read, in their argument order.
     inputs = (x2d, dy.view(-1, width), norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, scale, mean, rstd)
 
-    def float_empty(*shape: int) -> torch.Tensor:
-        return torch.empty(*shape, device=x.device, dtype=torch.float32)
-
-    num_programs = min(triton.cdiv(rows, 32), 4 * num_sms)
-    dnorm_weight, dnorm_bias, dfc2_bias = (float_empty(num_programs, width) for _ in range(3))
-    _side_ffn_bwd_dx_kernel[(num_programs,)](
-        *inputs, dx, dnorm_weight, dnorm_bias, dfc2_bias, rows, width, hidden, **meta
-    )
-    grads = [dx] + [partial.sum(0).to(x.dtype) for partial in (dnorm_weight, dnorm_bias)]
-    if not fc_weight_grads:
-        return (*grads, None, None, None, dfc2_bias.sum(0).to(x.dtype))
-
-    # Row splits so that (hidden chunks x splits) fills the GPU about four times over, within the partials' cap.
-    num_splits = triton.cdiv(4 * num_sms, triton.cdiv(hidden, 32))
-    num_splits = max(1, min(num_splits, triton.cdiv(rows, 64), _MAX_PARTIAL_ELEMENTS // (2 * hidden * width)))
-    dfc1_weight, dfc2_weight = float_empty(num_splits, hidden, width), float_empty(num_splits, width, hidden)
-    dfc1_bias = float_empty(num_splits, hidden)
-    _side_ffn_bwd_dw_kernel[lambda config: (triton.cdiv(hidden, config["BLOCK_H"]), num_splits)](
-        *inputs, dfc1_weight, dfc1_bias, dfc2_weight, rows, width, hidden, **meta
-    )
-    fc_grads = [partial.sum(0).to(x.dtype) for partial in (dfc1_weight, dfc1_bias, dfc2_weight, dfc2_bias)]
-    return (*grads, *fc_grads)
+    if needs[0] or needs[1] or needs[2] or needs[6]:
+        num_programs = min(triton.cdiv(rows, 32), 4 * num_sms)
+        partial = torch.empty(3, num_programs, width, device=x.device, dtype=torch.float32)
+        _side_ffn_bwd_dx_kernel[(num_programs,)](
+            *inputs, x2d if grads[0] is None else grads[0], partial, rows, width, hidden, DX=needs[0], **meta
+        )
+        grads[1], grads[2], grads[6] = partial.sum(1).to(x.dtype)
+    if any(needs[3:6]):
+        # Row splits so that (hidden chunks x splits) fills the GPU about four times over, within the partials' cap.
+        num_splits = triton.cdiv(4 * num_sms, triton.cdiv(hidden, 32))
+        num_splits = max(1, min(num_splits, triton.cdiv(rows, 64), _MAX_PARTIAL_ELEMENTS // (2 * hidden * width)))
+        partial = torch.empty(num_splits, (2 * width + 1) * hidden, device=x.device, dtype=torch.float32)
+        _side_ffn_bwd_dw_kernel[lambda config: (triton.cdiv(hidden, config["BLOCK_H"]), num_splits)](
+            *inputs, partial, rows, width, hidden, **meta
+        )
+        dfc1_weight, dfc2_weight, dfc1_bias = partial.sum(0).to(x.dtype).split([hidden * width, hidden * width, hidden])
+        grads[3:6] = dfc1_weight.view(hidden, width), dfc1_bias, dfc2_weight.view(width, hidden)
+    return tuple(grad if need else None for grad, need in zip(grads, needs))
 
 
 class SideFFNFunction(torch.autograd.Function):
@@ -431,9 +438,7 @@ class SideFFNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        needs = ctx.needs_input_grad
-        grads = side_ffn_bwd(dy, *ctx.saved_tensors, fc_weight_grads=any(needs[3:6]))
-        return (*(grad if need else None for grad, need in zip(grads, needs[:7])), None, None)
+        return (*side_ffn_bwd(dy, *ctx.saved_tensors, needs=ctx.needs_input_grad[:7]), None, None)
 
 
 def side_ffn(
