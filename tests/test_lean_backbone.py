@@ -125,7 +125,7 @@ def test_damaged_cache_file_is_rebuilt(tmp_path, frozen_model, damage, caplog):
     images = torch.randn(1, 3, 64, 64)
     cache = FeatureCache(tmp_path, frozen_model)
     good = cache.block_features(frozen_model, ["x"], images)
-    path = cache.path("x")
+    path = cache.path("x", (64, 64))
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         data = data[: len(data) - 100]
@@ -142,12 +142,26 @@ def test_damaged_cache_file_is_rebuilt(tmp_path, frozen_model, damage, caplog):
     assert cache.block_features(frozen_model, ["x"], images) and cache.hits == 1
 
 
-def test_input_size_change_invalidates_with_a_message(tmp_path, frozen_model, caplog):
-    cache = FeatureCache(tmp_path, frozen_model)
+def test_input_size_and_dtype_have_their_own_entries(tmp_path, frozen_model):
+    cache, bf16 = FeatureCache(tmp_path, frozen_model), FeatureCache(tmp_path, frozen_model, dtype=torch.bfloat16)
     cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 64, 64))
+    cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 96, 64))
+    bf16.block_features(frozen_model, ["x"], torch.randn(1, 3, 64, 64))
+    assert (cache.misses, bf16.misses) == (2, 1)
+    assert {p.parent.name for p in tmp_path.glob("*/*/x.feat")} == {"64x64-float16", "96x64-float16", "64x64-bfloat16"}
+    cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 64, 64))
+    assert cache.hits == 1
+
+
+def test_entry_whose_header_disagrees_is_rebuilt_not_read(tmp_path, frozen_model, caplog):
+    cache = FeatureCache(tmp_path, frozen_model)
+    cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 96, 64))
+    wrong, right = cache.path("x", (96, 64)), cache.path("x", (64, 64))
+    right.parent.mkdir(parents=True)
+    wrong.replace(right)  # a 96x64 entry where the 64x64 one belongs
     with caplog.at_level(logging.WARNING, logger="hst_fast.feature_cache"):
-        cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 96, 64))
-    assert "input size changed from [64, 64] to [96, 64]" in caplog.text
+        cache.block_features(frozen_model, ["x"], torch.randn(1, 3, 64, 64))
+    assert "input size changed from [96, 64] to [64, 64]" in caplog.text and cache.misses == 2
 
 
 def test_changed_backbone_uses_its_own_entries(tmp_path, frozen_model, caplog):
@@ -158,6 +172,49 @@ def test_changed_backbone_uses_its_own_entries(tmp_path, frozen_model, caplog):
     assert "other backbones" in caplog.text
     cache.block_features(other, ["x"], torch.randn(1, 3, 64, 64))
     assert cache.misses == 1
+
+
+def test_changed_input_normalization_uses_its_own_entries(tmp_path, frozen_model):
+    images = torch.randn(1, 3, 64, 64)
+    FeatureCache(tmp_path, frozen_model, input_key="mean=0").block_features(frozen_model, ["x"], images)
+    cache = FeatureCache(tmp_path, frozen_model, input_key="mean=1")
+    cache.block_features(frozen_model, ["x"], images)
+    assert cache.misses == 1 and len(list(tmp_path.glob("*/*/x.feat"))) == 2
+
+
+def test_vit_runs_on_the_missing_samples_only(tmp_path, frozen_model):
+    cache, images = FeatureCache(tmp_path, frozen_model), torch.randn(3, 3, 64, 64)
+    cache.block_features(frozen_model, ["b"], images[1:2])
+    trunk, batches = frozen_model.trunk, []
+    frozen_model.trunk = lambda x: (batches.append(x.shape[0]), trunk(x))[1]
+    mixed = cache.block_features(frozen_model, ["a", "b", "c"], images)
+    assert batches == [2] and (cache.hits, cache.misses) == (1, 3)
+    alone = cache.block_features(frozen_model, ["b"], images[1:2])
+    assert all(torch.equal(m.patches[1:2], a.patches) for m, a in zip(mixed, alone))
+
+
+def test_a_second_writer_of_one_sample_mid_write_leaves_a_whole_file(tmp_path, frozen_model, monkeypatch):
+    """Two ranks can write one sample at once (the sampler pads ranks with repeated samples): here the second
+    writer runs to completion while the first holds its temporary file open. Both must succeed and leave one
+    whole file; a temporary name shared by the two (the old ``.tmp<pid>``, same pid here) fails this."""
+    import hst_fast.feature_cache as module
+
+    first, second = FeatureCache(tmp_path, frozen_model), FeatureCache(tmp_path, frozen_model)
+    tokens = FeatureCache._compute(frozen_model, torch.randn(1, 3, 64, 64))[0].half()
+    path, calls = first.path("x", (64, 64)), []
+
+    def open_then_let_the_other_write(*args, **kwargs):
+        handle = open(*args, **kwargs)
+        if not calls:
+            calls.append(args[0])
+            second._write(path, tokens, (64, 64))
+        return handle
+
+    monkeypatch.setattr(module, "open", open_then_let_the_other_write, raising=False)
+    first._write(path, tokens, (64, 64))
+    monkeypatch.undo()
+    assert calls and torch.equal(first._read(path, (64, 64)), tokens)
+    assert [p.name for p in path.parent.iterdir()] == ["x.feat"]  # no temporary file left behind
 
 
 def test_cache_refuses_the_faithful_model(tmp_path):
