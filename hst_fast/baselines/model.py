@@ -38,6 +38,9 @@ class BaselineViT(TrainableSubsetMixin, nn.Module):
         """vit: a headless timm ViT built with ``dynamic_img_size=True`` (``hst_fast.vit.build.build_vit``),
         pretrained weights already loaded; config: method, task and options."""
         super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise ValueError(f"the baselines run timm VisionTransformer models only (ViT, DeiT-III, CLIP, DINOv2, "
+                             f"SigLIP, MAE); {config.vit_name} is a timm {type(vit).__name__}")
         self.config = config
         self.vit = vit
         self.patch_size = tuple(vit.patch_embed.patch_size)

@@ -1,14 +1,17 @@
-"""The HST model (HST.md): a frozen timm ViT with meta tokens and LN-tuning, plus the side network."""
+"""The HST model (HST.md): a frozen timm ViT with meta tokens and LN-tuning, plus the side network.
+
+The ViT may be of any family ``hst_fast.vit.families`` supports (ViT, DINOv2, CLIP, SigLIP, DeiT-III, MAE, EVA-02,
+SAM); the family adapter says how its blocks run, the rest of HST is the same for all.
+"""
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
 
 from hst_fast.backend import KernelOps
-from hst_fast.constants import STRIDE
+from hst_fast.constants import ATTN_BACKENDS, STRIDE
 from hst_fast.hst import official
 from hst_fast.hst.block_features import BlockFeatures
 from hst_fast.hst.config import HSTConfig
@@ -17,12 +20,13 @@ from hst_fast.hst.frozen_trunk import FrozenTrunk
 from hst_fast.hst.layers import tokens_to_map
 from hst_fast.hst.side_stage import build_side_stages
 from hst_fast.vit.attention import set_attn_backend
+from hst_fast.vit.families import family_of
 from hst_fast.vit.inputs import check_images
 from hst_fast.vit.peft import TrainableSubsetMixin, classifier_head
 
 
 class HST(TrainableSubsetMixin, nn.Module):
-    """Hierarchical Side-Tuning around a timm ``VisionTransformer``.
+    """Hierarchical Side-Tuning around a timm ViT of a supported family (``hst_fast.vit.families``).
 
     ``forward(images)`` returns logits [B, num_classes] (the BatchNorm-normalized pooled
     stage-4 feature when num_classes is 0); ``forward_features(images)`` returns the four stage
@@ -30,27 +34,36 @@ class HST(TrainableSubsetMixin, nn.Module):
     """
 
     def __init__(
-        self, vit: VisionTransformer, config: HSTConfig, ops: KernelOps, attn_backend: str = "sdpa",
+        self, vit: nn.Module, config: HSTConfig, ops: KernelOps, attn_backend: str = "sdpa",
         grad_checkpointing: bool = False,
     ):
-        """vit: a timm ViT with a class token (its final norm and head are unused); config: architecture;
-        ops: the kernel backend (``hst_fast.backend.resolve_ops``); attn_backend: 'sdpa' | 'xformers' |
-        'eager' for the ViT blocks; grad_checkpointing: recompute each ViT block in backward (faithful mode)."""
+        """vit: a timm ViT of a supported family built by ``hst_fast.vit.build.build_vit`` (its final norm and head
+        are unused); config: architecture; ops: the kernel backend (``hst_fast.backend.resolve_ops``); attn_backend:
+        'sdpa' | 'xformers' | 'eager' for the ViT blocks; grad_checkpointing: recompute each ViT block in backward
+        (faithful mode)."""
         super().__init__()
-        if vit.cls_token is None or vit.num_reg_tokens or getattr(vit, "no_embed_class", False):
-            raise ValueError("HST needs a ViT with a class token, no register tokens and pos-embedded class token")
+        self.family = family_of(vit)
+        self.family.check(vit)
         self.config = config
         self.ops = ops
         self.vit = vit
         self.stage_blocks = config.stage_blocks(len(vit.blocks))
         self.patch_size = vit.patch_embed.patch_size
+        self.pads_to_patch = bool(getattr(vit.patch_embed, "dynamic_img_pad", False))
         self.faithful = config.backbone_grad == "full"
+        meta_token_error = self.family.meta_token_error(vit) if self.faithful else None
+        if meta_token_error:
+            raise ValueError(meta_token_error)
+        if attn_backend in ATTN_BACKENDS and attn_backend not in self.family.attn_backends:
+            raise ValueError(f"attn_backend {attn_backend!r} does not run {type(vit).__name__} blocks; "
+                             f"use one of {self.family.attn_backends}")
         set_attn_backend(vit, attn_backend)
         if self.faithful:
-            apply_ln_tuning(vit, ops)
+            apply_ln_tuning(vit, self.family, ops)
         self.meta_tokens = create_meta_tokens(len(vit.blocks) if self.faithful else 0, config.num_meta_tokens,
                                               vit.embed_dim)
-        self.trunk = FaithfulTrunk(vit, self.meta_tokens, grad_checkpointing) if self.faithful else FrozenTrunk(vit)
+        self.trunk = (FaithfulTrunk(vit, self.family, self.meta_tokens, grad_checkpointing) if self.faithful
+                      else FrozenTrunk(vit, self.family))
         self.side_stages = build_side_stages(
             vit.embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
             config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
@@ -64,7 +77,7 @@ class HST(TrainableSubsetMixin, nn.Module):
         """HST.md §4 trainable set: side network, meta tokens, ViT block LayerNorms (faithful mode), head."""
         if name.startswith(("side_stages.", "meta_tokens.", "head.")):
             return True
-        return self.faithful and name.startswith("vit.") and is_ln_tuned(name[len("vit."):])
+        return self.faithful and name.startswith("vit.") and is_ln_tuned(name[len("vit."):], self.family)
 
     def train(self, mode: bool = True) -> "HST":
         """Sets the mode and re-applies freezing; in frozen mode the ViT always runs in eval mode."""
@@ -93,8 +106,14 @@ class HST(TrainableSubsetMixin, nn.Module):
         return list(self.config.side_dims)
 
     def check_input(self, images: torch.Tensor) -> None:
-        """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32 and the patch."""
-        check_images(images, "HST", self.vit.patch_embed.proj.in_channels, self.patch_size, STRIDE)
+        """Raises ``ValueError`` for anything but [B, C, H, W] floats with H, W multiples of 32 (and of the patch,
+        unless the ViT pads to it: patch 14)."""
+        check_images(images, "HST", self.vit.patch_embed.proj.in_channels, self.patch_size, STRIDE,
+                     pads_to_patch=self.pads_to_patch)
+
+    def vit_grid(self, image_size: Tuple[int, int]) -> Tuple[int, int]:
+        """The ViT's patch grid (Hv, Wv) for images of ``image_size`` (H, W), padding included."""
+        return tuple(self.vit.patch_embed.dynamic_feat_size(tuple(image_size)))
 
     def forward_stage_tokens(
         self, images: torch.Tensor, vit_features: Optional[Iterable[BlockFeatures]] = None

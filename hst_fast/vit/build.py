@@ -1,4 +1,8 @@
-"""Building the frozen timm ViT that HST and the baselines adapt, and loading local pretrained weights."""
+"""Building the frozen timm ViT that HST and the baselines adapt, and loading local pretrained weights.
+
+Which timm class a model name builds, the arguments that let it take any image size and the filter that converts
+its original checkpoints are the family's (``hst_fast.vit.families``).
+"""
 from __future__ import annotations
 
 import os
@@ -7,72 +11,95 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import timm
+import torch
 import torch.nn as nn
 from timm.models import load_pretrained
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from hst_fast.vit.families import ViTFamily, describe_checkpoint, family_for_model, family_of
 
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".npz", ".safetensors")
 
 
 def build_vit(
     vit_name: str, timm_kwargs: Dict[str, Any], drop_path_rate: float, pretrained: Optional[str] = None
-) -> VisionTransformer:
+) -> nn.Module:
     """The timm ViT ``vit_name`` without head, accepting any input size; weights from ``pretrained``.
 
-    timm_kwargs: extra ``timm.create_model`` arguments; drop_path_rate: the ViT blocks' stochastic depth (the
-    released code drops paths in ViT blocks too) unless timm_kwargs sets it.
+    vit_name: a timm model of a supported family (``hst_fast.vit.families``); timm_kwargs: extra
+    ``timm.create_model`` arguments; drop_path_rate: the ViT blocks' stochastic depth (the released code drops
+    paths in ViT blocks too) unless timm_kwargs sets it.
     """
-    if vit_name not in timm.list_models():
+    if not timm.is_model(vit_name):
         raise ValueError(f"unknown timm model {vit_name!r}")
-    kwargs = dict(timm_kwargs)
+    family = family_for_model(vit_name, timm_kwargs)
+    kwargs = _create_kwargs(family, timm_kwargs)
     kwargs.setdefault("drop_path_rate", drop_path_rate)
-    vit = timm.create_model(vit_name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
-    if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{vit_name!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+    vit = timm.create_model(vit_name, pretrained=False, num_classes=0, **kwargs)
+    family.check(vit)
     if pretrained is not None:
-        load_local_pretrained(vit, pretrained)
+        load_local_pretrained(vit, pretrained, vit_name)
     return vit
 
 
-def load_local_pretrained(vit: VisionTransformer, path: str) -> None:
-    """Loads a local ViT checkpoint through timm's ``load_pretrained`` (file override, no hub).
+def _create_kwargs(family: ViTFamily, timm_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``timm_kwargs`` plus the family's ``create_kwargs``; ``ValueError`` if the caller sets one of those."""
+    clash = sorted(set(family.create_kwargs) & set(timm_kwargs))
+    if clash:
+        raise ValueError(f"timm arguments {clash} are set by hst_fast (the ViT takes any image size)")
+    return {**timm_kwargs, **family.create_kwargs}
+
+
+def load_local_pretrained(vit: nn.Module, path: str, vit_name: Optional[str] = None) -> None:
+    """Loads a local ViT checkpoint through timm's ``load_pretrained`` (file override, no hub), converting it
+    with the family's timm ``checkpoint_filter_fn`` as timm does (DINOv2, EVA, SAM, CLIP originals...).
 
     The classifier head is dropped (HST has its own); any other missing, unexpected or mis-shaped
-    tensor is an error naming the file. ``.npz`` files are JAX/Flax checkpoints (the released code's
-    ``ViT-B_16.npz``), read by timm's npz loader, which copies tensor by tensor: their block count is
-    checked first, since that loader would silently skip a checkpoint's extra blocks.
+    tensor is an error naming the file, what it holds, and the model. ``.npz`` files are JAX/Flax checkpoints
+    (the released code's ``ViT-B_16.npz``, ``VisionTransformer`` only), read by timm's npz loader, which copies
+    tensor by tensor: their block count is checked first, since that loader would silently skip a checkpoint's
+    extra blocks.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained ViT checkpoint not found: {path}")
     if not path.endswith(PRETRAINED_SUFFIXES):
         raise ValueError(f"pretrained checkpoint {path} must end with one of {PRETRAINED_SUFFIXES}")
-    model_desc = f"{type(vit).__name__} (embed_dim {vit.embed_dim}, depth {len(vit.blocks)})"
+    family = family_of(vit)
+    model_desc = (f"{type(vit).__name__} (embed_dim {vit.embed_dim}, depth {len(vit.blocks)}), family {family.name!r}"
+                  + (f", timm {vit_name}" if vit_name else ""))
     if path.endswith(".npz"):
+        if family.name != "vit":
+            raise ValueError(f"pretrained checkpoint {path}: .npz (JAX/Flax) files load into timm VisionTransformer "
+                             f"models only; the model is {model_desc}")
         depth = _npz_block_count(path)
         if depth is not None and depth != len(vit.blocks):
             raise KeyError(f"pretrained checkpoint {path} has {depth} ViT blocks; the model is {model_desc}")
     cfg = dict(vit.pretrained_cfg)
     cfg.update(file=path, source="", state_dict=None, hf_hub_id=None, url="", custom_load=path.endswith(".npz"))
-    mismatch = {}
+    mismatch, held = {}, {}
+
+    def convert(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+        held["desc"] = describe_checkpoint(state_dict)
+        return family.checkpoint_filter(state_dict, model)
 
     def record(module: nn.Module, incompatible) -> None:
         mismatch["missing"] = list(incompatible.missing_keys)
         mismatch["unexpected"] = [k for k in incompatible.unexpected_keys if not k.startswith("head.")]
 
+    def problem() -> str:
+        holds = f" (the file holds {held['desc']})" if held else ""
+        return f"pretrained checkpoint {path} does not match {model_desc}{holds}"
+
     handle = vit.register_load_state_dict_post_hook(record)
-    try:
+    try:  # strict=False: the hook above decides what may differ (only the classifier head)
         load_pretrained(vit, pretrained_cfg=cfg, num_classes=0, in_chans=vit.patch_embed.proj.in_channels,
-                        filter_fn=checkpoint_filter_fn)
+                        filter_fn=convert, strict=False)
     except (KeyError, RuntimeError) as err:  # a tensor the file lacks, or one of another shape: name the file
-        raise type(err)(f"pretrained checkpoint {path} does not match {model_desc}: {err}") from err
+        raise type(err)(f"{problem()}: {err}") from err
     finally:
         handle.remove()
     if mismatch.get("missing") or mismatch.get("unexpected"):
-        raise KeyError(
-            f"pretrained checkpoint {path} does not match {model_desc}: "
-            f"missing keys {mismatch['missing']}, unexpected keys {mismatch['unexpected']}"
-        )
+        raise KeyError(f"{problem()}: missing keys {mismatch['missing']}, unexpected keys {mismatch['unexpected']}")
 
 
 def _npz_block_count(path: str) -> Optional[int]:
