@@ -236,6 +236,6 @@ def describe_checkpoint(state_dict: Dict[str, Any]) -> str:
     blocks = {m.group(1) for m in map(re.compile(r"(?:^|\.)blocks\.(\d+)\.").search, keys) if m}
     widths: List[int] = [int(state_dict[k].shape[0]) for k in keys if k.endswith("patch_embed.proj.weight")
                          and hasattr(state_dict[k], "shape")]
-    kind = f"a {family.name!r} ({family.vit_class.__name__}) checkpoint" if family else "a checkpoint of unknown family"
+    kind = f"a checkpoint of family {family.name!r} ({family.vit_class.__name__})" if family else "a checkpoint"
     width = f", width {widths[0]}" if widths else ""
     return f"{kind} with {len(blocks)} blocks{width}"
