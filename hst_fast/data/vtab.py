@@ -3,10 +3,14 @@
 A task folder holds the images and list files (``train800val200.txt``, ``train800.txt``,
 ``val200.txt``, ``test.txt``), one ``relative/path label`` per line. The released recipe resizes
 only: ``Resize((224, 224), bicubic)``, no crop or flip; normalization is left to the model's data
-preprocessor so that the data loader moves uint8 tensors.
+preprocessor so that the data loader moves uint8 tensors. Each item carries a stable sample id, the
+SHA-256 of its image file, which keys the frozen-ViT feature cache (``hst_fast.feature_cache``): a
+regenerated or replaced image gets a new id, a moved or renamed one keeps its id.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -49,12 +53,16 @@ class ResizeToTensor:
 
 class VTABDataset(Dataset):
     """One VTAB-1k task: ``data_root/ann_file`` lists the images; items are
-    ``dict(inputs=uint8 [3, S, S], labels=int)``.
+    ``dict(inputs=uint8 [3, S, S], labels=int, sample_ids=str)``, ``sample_ids`` the SHA-256 of the image file.
 
     data_root: the task folder; ann_file: a list file in it (``train800val200.txt``, ``test.txt``);
     image_size: the resize target (224 in the released recipe); num_classes: labels must lie in
     [0, num_classes), checked on load.
     """
+
+    # The same sample id always means the same ``inputs`` (content hash + resize-only transform): what the
+    # feature cache (``hst_fast.openmmlab.feature_cache_checks``) requires of a dataset.
+    STABLE_SAMPLE_IDS = True
 
     def __init__(self, data_root: str, ann_file: str, image_size: int = 224, num_classes: Optional[int] = None):
         self.data_root = Path(data_root)
@@ -80,5 +88,6 @@ class VTABDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict:
         path, label = self.samples[index]
-        with Image.open(self.data_root / path) as image:
-            return dict(inputs=self.transform(image), labels=label)
+        data = (self.data_root / path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            return dict(inputs=self.transform(image), labels=label, sample_ids=hashlib.sha256(data).hexdigest())

@@ -15,6 +15,7 @@ allow_mmengine_checkpoints()
 from hst_fast.openmmlab.backbone import HSTViT  # noqa: E402
 from hst_fast.openmmlab.classifier import HSTClassifier  # noqa: E402
 from hst_fast.openmmlab.datasets import ShapesCocoDataset, ShapesVTABDataset  # noqa: E402
+from hst_fast.openmmlab.feature_cache_hook import FeatureCacheHook  # noqa: E402,F401
 from hst_fast.openmmlab.hooks import AdapterCheckpointHook, load_task_adapter, save_task_adapter  # noqa: E402
 from hst_fast.openmmlab.metrics import ClsAccuracy  # noqa: E402
 

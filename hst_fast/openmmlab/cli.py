@@ -6,10 +6,12 @@ from typing import Optional
 
 from mmengine.config import Config
 
+from hst_fast.openmmlab.feature_cache_checks import configure_feature_cache
+
 
 def load_config(path: str, launcher: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
     """The config at ``path`` with ``--cfg-options`` merged and the work dir resolved
-    (CLI > the config's ``work_dir`` > ``./work_dirs/<config name>``)."""
+    (CLI > the config's ``work_dir`` > ``./work_dirs/<config name>``) and ``model.feature_cache`` checked."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options is not None:
@@ -18,6 +20,7 @@ def load_config(path: str, launcher: str, cfg_options: Optional[dict], work_dir:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(path))[0])
+    configure_feature_cache(cfg)
     return cfg
 
 
