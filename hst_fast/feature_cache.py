@@ -95,8 +95,7 @@ class FeatureCache:
     @staticmethod
     def entry_shape(model, input_size: Tuple[int, int]) -> Tuple[int, int, int]:
         """(L, 1 + Hv*Wv, D): the shape of one sample's features for ``model`` at ``input_size``."""
-        grid = (input_size[0] // model.patch_size[0]) * (input_size[1] // model.patch_size[1])
-        return len(model.vit.blocks), 1 + grid, model.vit.embed_dim
+        return len(model.vit.blocks), 1 + int(np.prod(model.vit_grid(input_size))), model.vit.embed_dim
 
     def block_features(self, model, sample_ids: Sequence, images: torch.Tensor) -> List[BlockFeatures]:
         """Per-block ``BlockFeatures`` for a batch [B, 3, H, W], from disk where valid, else computed and stored."""
@@ -114,7 +113,7 @@ class FeatureCache:
                 self._write(self.path(sample_ids[row], input_size), tokens, input_size)
                 stored[row] = tokens
         tokens = torch.stack(stored).to(device=images.device, dtype=images.dtype)  # [B, L, 1 + Hv*Wv, D]
-        vit_hw = (input_size[0] // model.patch_size[0], input_size[1] // model.patch_size[1])
+        vit_hw = model.vit_grid(input_size)
         return [BlockFeatures(t[:, :1], t[:, 1:].unflatten(1, vit_hw)) for t in tokens.unbind(1)]
 
     @staticmethod
