@@ -3,6 +3,7 @@
 Small random ViTs (depth 4, width 48) of each family, built by timm model name; nothing is downloaded.
 """
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -209,3 +210,36 @@ def test_baselines_refuse_other_families():
 def test_xformers_attention_is_refused_for_eva_and_sam():
     with pytest.raises(ValueError, match="attn_backend 'xformers' does not run Eva blocks"):
         make("eva02", attn_backend="xformers")
+
+
+# ----------------------------------------------------------------------------- detection driver
+def build_det_backbone(**backbone):
+    pytest.importorskip("mmdet.models", reason="mmdet is not installed")
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import hst_fast.openmmlab  # noqa: F401  (registers HSTViT)
+
+    init_default_scope("mmdet")
+    return MODELS.build(dict(type="HSTViT", kernel_backend="torch", **backbone))
+
+
+def test_dinov2_detection_config_builds_with_registers():
+    pytest.importorskip("mmdet.models", reason="mmdet is not installed")
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / "configs" / "cascade_dinov2.py"))
+    backbone_cfg = dict(cfg.model.backbone)
+    assert backbone_cfg.pop("init_cfg")["checkpoint"].endswith("dinov2_vitb14_reg4_pretrain.pth")
+    assert backbone_cfg.pop("type") == "HSTViT" and backbone_cfg.pop("kernel_backend") == "auto"
+    backbone = build_det_backbone(**{**backbone_cfg, **TINY})
+    assert backbone.model.vit.num_prefix_tokens == 5  # class token + 4 registers
+    maps = backbone(torch.randn(1, 3, *IMAGES))
+    assert [m.shape[1] for m in maps] == list(cfg.model.neck.in_channels)
+
+
+@pytest.mark.parametrize("case, backbone_grad", [("eva02", "full"), ("sam", "none")])
+def test_detection_backbone_takes_each_familys_timm_arguments(case, backbone_grad):
+    name, timm_kwargs = FAMILY_CASES[case]
+    backbone = build_det_backbone(vit_name=name, backbone_grad=backbone_grad, **timm_kwargs)
+    assert [tuple(m.shape[2:]) for m in backbone(torch.randn(1, 3, 64, 96))] == [(16, 24), (8, 12), (4, 6), (2, 3)]
