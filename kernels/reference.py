@@ -17,8 +17,6 @@ __all__ = [
     "side_attention_reference",
     "side_ffn_reference",
     "fg_injection_reference",
-    "bilinear_weights",
-    "fg_global_token",
 ]
 
 
@@ -97,44 +95,12 @@ def side_ffn_reference(
     return x + _scale_branch(F.linear(hidden, fc2_weight, fc2_bias), branch_scale)
 
 
-def fg_injection_reference(
-    x: torch.Tensor,
-    patches: torch.Tensor,
-    bridge_weight: torch.Tensor,
-    bridge_bias: torch.Tensor,
-    out_hw: Tuple[int, int],
-) -> torch.Tensor:
-    """Fine-grained injection (HST.md §2): ``x + flatten(resize(Bridge(P), out_hw))``.
+def fg_injection_reference(x: torch.Tensor, bridged: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
+    """Fine-grained injection (HST.md §2): ``x + flatten(bilinear_resize(bridged, out_hw))``, align_corners=False.
 
-    The bridge runs at ViT resolution and the bilinear resize (align_corners=False) second;
-    the two commute because bilinear weights sum to one.
-    x: [B, Hs*Ws, C] side tokens; patches: [B, Hv, Wv, D] ViT patch tokens;
-    bridge_weight: [C, D]; bridge_bias: [C]; out_hw: (Hs, Ws). Returns [B, Hs*Ws, C].
+    ``bridged`` is T_Bridge(P), the bridge Linear applied to the ViT patches at ViT resolution (bridging first and
+    resizing second is exact: bilinear weights sum to one). x: [B, Hs*Ws, C] side tokens; bridged: [B, Hv, Wv, C];
+    out_hw: (Hs, Ws). Returns [B, Hs*Ws, C].
     """
-    bridged = F.linear(patches, bridge_weight, bridge_bias).permute(0, 3, 1, 2)
-    resized = F.interpolate(bridged, size=tuple(out_hw), mode="bilinear", align_corners=False)
+    resized = F.interpolate(bridged.permute(0, 3, 1, 2), size=tuple(out_hw), mode="bilinear", align_corners=False)
     return x + resized.flatten(2).transpose(1, 2)
-
-
-def bilinear_weights(in_size: int, out_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """How much each input row contributes to the mean of a 1-d bilinear resize.
-
-    Returns [in_size] weights summing to one: mean_over_out(resize(v)) == weights @ v.
-    """
-    eye = torch.eye(in_size, device=device, dtype=torch.float32).unsqueeze(0)
-    rows = F.interpolate(eye, size=out_size, mode="linear", align_corners=False)
-    return rows[0].mean(dim=1).to(dtype)
-
-
-def fg_global_token(
-    patches: torch.Tensor, bridge_weight: torch.Tensor, bridge_bias: torch.Tensor, out_hw: Tuple[int, int]
-) -> torch.Tensor:
-    """GlobalT (HST.md §2): the mean over tokens of the FG features, without materializing them.
-
-    patches: [B, Hv, Wv, D]. Returns [B, 1, C], equal to ``mean_tokens(resize(Bridge(P)))``.
-    """
-    _, in_h, in_w, _ = patches.shape
-    weight_h = bilinear_weights(in_h, out_hw[0], patches.device, patches.dtype)
-    weight_w = bilinear_weights(in_w, out_hw[1], patches.device, patches.dtype)
-    pooled = torch.einsum("bhwd,h,w->bd", patches, weight_h, weight_w)
-    return F.linear(pooled, bridge_weight, bridge_bias).unsqueeze(1)
