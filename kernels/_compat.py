@@ -92,14 +92,18 @@ def sm_count(device: torch.device) -> int:
 def prune_by_registers(limit: int, tiles: Callable[[dict], Sequence[int]]) -> Callable:
     """An ``early_config_prune`` for ``@triton.autotune``: drops configs where any register tile (element counts
     from ``tiles(meta)``, meta = kernel arguments + config kwargs) exceeds ``limit`` 32-bit values per thread;
-    keeps the smallest config if all would exceed it."""
+    keeps the smallest config if all would exceed it.
+
+    Under ``torch.use_deterministic_algorithms(True)`` it keeps only the first survivor, so which tiling (and so
+    which summation order) runs never depends on autotuning's timings. Triton caches the choice per autotuning key,
+    so set the mode before the first call (as for ``torch.backends.cudnn.benchmark``)."""
 
     def prune(configs, named_args, **kwargs):
         def cost(config) -> float:
             meta = {**named_args, **kwargs, **config.kwargs}
             return max(tiles(meta)) / (config.num_warps * 32)
 
-        kept = [config for config in configs if cost(config) <= limit]
-        return kept or [min(configs, key=cost)]
+        kept = [config for config in configs if cost(config) <= limit] or [min(configs, key=cost)]
+        return kept[:1] if torch.are_deterministic_algorithms_enabled() else kept
 
     return prune

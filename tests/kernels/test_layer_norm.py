@@ -108,6 +108,18 @@ def test_layer_norm_frozen_affine_only_x_grad():
     assert x.grad is not None and weight.grad is None and bias.grad is None
 
 
+def test_layer_norm_frozen_input_only_affine_grads():
+    """x without a gradient: the kernel skips dx and still gives the affine's gradients."""
+    x, weight, bias = _inputs((2, 37), 72, torch.float32)
+    leaves = [weight.clone().requires_grad_(), bias.clone().requires_grad_()]
+    dy = torch.randn_like(x)
+    layer_norm(x, *leaves, 1e-6).backward(dy)
+    ref_leaves = [weight.clone().requires_grad_(), bias.clone().requires_grad_()]
+    layer_norm_reference(x, *ref_leaves, 1e-6).backward(dy)
+    for name, leaf, ref in zip(("weight", "bias"), leaves, ref_leaves):
+        torch.testing.assert_close(leaf.grad, ref.grad, **GRAD_SUM_TOLERANCES[torch.float32], msg=name)
+
+
 def test_layer_norm_empty_rows():
     x, weight, bias = _inputs((0,), 32, torch.float32)
     assert layer_norm(x, weight, bias, 1e-6).shape == (0, 32)

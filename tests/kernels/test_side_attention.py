@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hst_fast.kernels import side_attention as side_attention_module
 from hst_fast.kernels._compat import UnsupportedInput
@@ -61,10 +62,14 @@ def _assert_close(got, want, dtype, what):
     )
 
 
-def _check_against_reference(shape, dtype, branch_scale=None):
+def _check_against_reference(shape, dtype, branch_scale=None, trainable=None):
+    """Output and the gradient of every input in ``trainable`` (names, default all) against the fp32 reference;
+    the others must get none."""
     heads = shape[3]
-    inputs = [t.detach().requires_grad_() for t in _make_inputs(shape, dtype)]
-    ref_inputs = [t.detach().float().requires_grad_() for t in inputs]
+    names = ("x", "kv", *PARAM_NAMES)
+    trainable = names if trainable is None else trainable
+    inputs = [t.detach().requires_grad_(name in trainable) for name, t in zip(names, _make_inputs(shape, dtype))]
+    ref_inputs = [t.detach().float().requires_grad_(t.requires_grad) for t in inputs]
 
     out = side_attention(*inputs, heads, 1e-6, branch_scale)
     ref = side_attention_reference(*ref_inputs, heads, 1e-6, branch_scale)
@@ -74,7 +79,10 @@ def _check_against_reference(shape, dtype, branch_scale=None):
     grad = torch.randn_like(ref)
     out.backward(grad.to(dtype))
     ref.backward(grad)
-    for name, got, want in zip(("x", "kv", *PARAM_NAMES), inputs, ref_inputs):
+    for name, got, want in zip(names, inputs, ref_inputs):
+        if name not in trainable:
+            assert got.grad is None, name
+            continue
         assert got.grad is not None and got.grad.dtype == dtype, name
         _assert_close(got.grad, want.grad, dtype, f"grad {name}")
 
@@ -93,6 +101,74 @@ def test_side_attention_wide():
 def test_side_attention_branch_scale(dtype):
     """Drop-path's per-sample scale is folded into the values and output bias (and gets no gradient)."""
     _check_against_reference((3, 37, 48, 4, 9), dtype, branch_scale=torch.tensor([0.0, 1.25, 0.8], device=DEVICE))
+
+
+@pytest.mark.parametrize(
+    "trainable", [("x",), ("kv", *PARAM_NAMES), ("x", "q_weight")], ids=["x-only", "frozen-x", "x-and-q-weight"]
+)
+def test_side_attention_partial_requires_grad(trainable):
+    """Only what autograd needs: frozen parameters skip the folded gradients, a frozen x skips dx."""
+    _check_against_reference((2, 37, 48, 4, 9), torch.float32, trainable=trainable)
+
+
+def test_side_attention_backward_repeats_bitwise():
+    """Each partial slice is written by one program in a fixed order: the backward is deterministic."""
+    inputs = [t.requires_grad_() for t in _make_inputs((2, 70, 72, 12, 9), torch.float32)]
+    grad = torch.randn(2, 70, 72, device=DEVICE)
+    runs = [torch.autograd.grad(side_attention(*inputs, 12), inputs, grad) for _ in range(2)]
+    for name, first, second in zip(("x", "kv", *PARAM_NAMES), *runs):
+        assert torch.equal(first, second), name
+
+
+class _LaunchCounter(TorchDispatchMode):
+    """Counts the aten ops that launch a device kernel (not views or allocations) and the Triton launches of
+    ``side_attention``'s kernels, whose own interpreter ops are not counted."""
+
+    # allocations, and a view aten does not flag as one
+    NO_LAUNCH = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_unsafe_view"}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.aten, self.triton, self.inside_kernel = 0, 0, False
+        for name in ("_side_attention_fwd_kernel", "_side_attention_bwd_kernel"):
+            monkeypatch.setattr(side_attention_module, name, self._counted(getattr(side_attention_module, name)))
+
+    def _counted(self, kernel):
+        counter = self
+
+        class Counted:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    counter.triton += 1
+                    counter.inside_kernel = True
+                    try:
+                        return kernel[grid](*args, **kwargs)
+                    finally:
+                        counter.inside_kernel = False
+
+                return launch
+
+        return Counted()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # fill_: conftest's NaN fill of fresh buffers, not the op's own work
+        name = func.overloadpacket.__name__
+        if not (self.inside_kernel or func.is_view or name in self.NO_LAUNCH or name == "fill_"):
+            self.aten += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_side_attention_launch_count(monkeypatch):
+    """Forward and backward of a trained block (fp32): the fold and its autograd backward are 33 torch kernels
+    around the 2 Triton launches (55 when the backward's chain rule was written by hand)."""
+    inputs = [t.requires_grad_() for t in _make_inputs((2, 50, 72, 12, 9), torch.float32)]
+    grad = torch.randn(2, 50, 72, device=DEVICE)
+    with _LaunchCounter(monkeypatch) as counter:
+        out = side_attention(*inputs, 12)
+        forward = (counter.aten, counter.triton)
+        out.backward(grad)
+    assert forward == (9, 1)
+    assert (counter.aten, counter.triton) == (33, 2)
 
 
 def test_side_attention_programs_loop_over_tiles(monkeypatch):
