@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from fixture_utils import relative_error, well_conditioned_gradients
 from timm.layers import apply_rot_embed_cat
 
 import hst_fast
@@ -139,6 +140,15 @@ def test_eva_rope_reaches_the_image_tokens_exactly_as_in_timm():
     head_vectors = torch.randn(leading, half)
     assert torch.equal(apply_rot_embed_cat(head_vectors, identity), head_vectors)  # the identity rotation
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_eva_grad_checkpointing_recomputes_with_meta_tokens_as_prefix():
+    """checkpoint() recomputes EVA blocks in backward: the meta-token prefix count must hold there too."""
+    images = torch.randn(2, 3, 64, 96)
+    plain = well_conditioned_gradients(make("eva02"), images)
+    recomputed = well_conditioned_gradients(make("eva02", grad_checkpointing=True), images)
+    for name, grad in plain.items():
+        assert relative_error(recomputed[name], grad) < 1e-5, name
 
 
 def test_sam_faithful_mode_is_refused_with_the_reason():
