@@ -80,5 +80,5 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Full checkpoints (for --resume), the last 3 kept; adapter/ beside them holds only what HST trains
 # (plus the neck and heads), the deployable part.
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(type='ResumableCheckpointHook', interval=1, max_keep_ckpts=3))
 custom_hooks = [dict(type='AdapterCheckpointHook')]

@@ -35,5 +35,5 @@ optim_wrapper = dict(
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0), 'meta_tokens': dict(decay_mult=0.0)}),
 )
 
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(type='ResumableCheckpointHook', interval=1, max_keep_ckpts=3))
 custom_hooks = [dict(type='AdapterCheckpointHook')]

@@ -1,9 +1,11 @@
-"""Evaluate a trained HST model (a full checkpoint written by ``hst_fast.train``) on the test split.
+"""Evaluate a trained model on the test split: a full checkpoint written by ``hst_fast.train``, or its
+adapter-only folder (``WORK_DIR/adapter``) on the config's pretrained ViT.
 
-    python -m hst_fast.test CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] [--cfg-options k=v ...]
+    python -m hst_fast.test CONFIG CHECKPOINT|ADAPTER_DIR [--work-dir DIR] [--show-dir DIR] [--cfg-options k=v ...]
 
 Reads like mmdet's ``tools/test.py``. ``--show-dir`` (detection configs) draws each test image with its
-predicted boxes and masks (mmdet's ``DetVisualizationHook``) into DIR.
+predicted boxes and masks (mmdet's ``DetVisualizationHook``) into DIR. The checkpoint is checked before
+anything is built; a user error ends the command with status 2 and its message (``--debug``: traceback).
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from typing import List, Optional
 
 from mmengine.config import Config, DictAction
 
+from hst_fast.openmmlab.cli import run_command
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Test (and evaluate) an HST model")
     parser.add_argument("config", help="test config file path")
-    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("checkpoint", help="checkpoint file, or an adapter folder (WORK_DIR/adapter)")
     parser.add_argument("--work-dir", help="the directory to save the file containing evaluation metrics")
     parser.add_argument("--show-dir", help="directory where painted predictions are saved (detection configs)")
     parser.add_argument("--score-thr", type=float, default=0.3, help="score threshold of drawn predictions")
@@ -28,6 +32,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="job launcher")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     args = parser.parse_args(argv)
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
@@ -35,28 +40,43 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def trigger_visualization_hook(cfg: Config, show_dir: str, score_thr: float) -> None:
-    """Turns on mmdet's ``DetVisualizationHook`` to write drawn predictions into ``show_dir``."""
-    hook = cfg.get("default_hooks", {}).get("visualization")
-    if hook is None:
-        raise SystemExit("--show-dir needs a detection config (default_hooks.visualization = DetVisualizationHook)")
+    """Turns on the config's visualization hook to draw every test image's predictions under ``show_dir``:
+    mmdet's ``DetVisualizationHook`` (boxes and masks scoring at least ``score_thr``, into DIR) or mmseg's
+    ``SegVisualizationHook`` (the predicted mask over the image, into DIR/vis_data/vis_image/ as mmseg's
+    tools/test.py does: that hook draws through the visualizer, whose ``save_dir`` becomes DIR)."""
+    hook = cfg.get("default_hooks", {}).get("visualization") or {}
+    kind = str(hook.get("type", "")).split(".")[-1]  # 'mmseg.SegVisualizationHook' -> 'SegVisualizationHook'
+    # absolute, because the hooks join a relative directory onto work_dir/timestamp
+    if kind == "DetVisualizationHook":
+        hook["score_thr"] = score_thr
+        hook["test_out_dir"] = osp.abspath(show_dir)
+    elif kind == "SegVisualizationHook":
+        hook["interval"] = 1  # every image, not every 50th
+        cfg.visualizer["save_dir"] = osp.abspath(show_dir)
+    else:
+        raise SystemExit("--show-dir needs default_hooks.visualization = DetVisualizationHook (mmdet configs) or "
+                         f"SegVisualizationHook (mmseg configs); this config has {kind or 'none'}")
     hook["draw"] = True
-    hook["score_thr"] = score_thr
-    # absolute, because the hook joins a relative test_out_dir onto work_dir/timestamp at every iteration
-    hook["test_out_dir"] = osp.abspath(show_dir)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def evaluate(argv: Optional[List[str]] = None) -> None:
+    """The command without its error handling: raises what goes wrong."""
     args = parse_args(argv)
 
-    from hst_fast.openmmlab.checks import check_config_keys, check_data_paths
-    from hst_fast.openmmlab.cli import build_runner, load_config
-    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
+    from mmengine.logging import print_log
 
+    from hst_fast.openmmlab.checks import check_checkpoint, check_config_keys, check_data_paths
+    from hst_fast.openmmlab.cli import build_runner, load_config, silence_third_party_warnings
+    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
+    from hst_fast.openmmlab.hooks import load_task_adapter
+
+    silence_third_party_warnings()
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f"checkpoint not found: {args.checkpoint}")
-    cfg.load_from = args.checkpoint
+    adapter = args.checkpoint if osp.isdir(args.checkpoint) else None
+    if adapter is None:
+        check_checkpoint(args.checkpoint, "CHECKPOINT")
+    cfg.load_from = None if adapter else args.checkpoint
     if args.show_dir:
         trigger_visualization_hook(cfg, args.show_dir, args.score_thr)
 
@@ -64,9 +84,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_data_paths(cfg, splits=("test",))
     setup_cpu_distributed(cfg)
     try:
-        build_runner(cfg).test()
+        runner = build_runner(cfg)
+        if adapter:
+            load_task_adapter(runner.model, adapter)
+            print_log(f"adapter loaded from {adapter} onto the config's ViT", logger="current")
+        runner.test()
     finally:
         destroy_distributed()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m hst_fast.test``: ``evaluate`` with user errors as exit status 2 and their message."""
+    run_command("hst_fast.test", evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ param_scheduler = [
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=2),
+    checkpoint=dict(type='ResumableCheckpointHook', interval=10, max_keep_ckpts=2),
 )
 custom_hooks = [dict(type='AdapterCheckpointHook')]  # adapter/ beside the checkpoints: what HST trains
 log_processor = dict(by_epoch=True)

@@ -6,6 +6,7 @@ message that says what to change.
   ``--cfg-options`` override of a variable only read while the file is parsed (``data_root``) would
   otherwise train with settings nobody asked for.
 - ``check_data_paths``: annotation files and image folders of the dataloaders and evaluators exist.
+- ``check_checkpoint``: a checkpoint given to ``--resume`` / the test driver exists and torch can read it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import difflib
 import os.path as osp
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import torch
 from mmengine.config import Config
 from mmengine.registry import DATASETS
 
@@ -53,11 +55,16 @@ DATA_SPLITS = ("train", "val", "test")
 DEMO_HINTS = {
     "cls": "python -m hst_fast.train configs/cls_demo.py (generated images, no download)",
     "det": "python -m hst_fast.train configs/cascade_demo.py (generated COCO-format shapes, no download)",
+    "seg": "python -m hst_fast.train configs/upernet_demo.py (generated ADE20K-format shapes, no download)",
 }
 
 
 class ConfigError(ValueError):
     """A config that would not do what it says; the message names the key and the fix."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file torch cannot read (truncated, corrupted, not a checkpoint); the message names it."""
 
 
 def _is_component(value) -> bool:
@@ -162,6 +169,8 @@ def check_data_paths(cfg: Config, splits: Sequence[str] = DATA_SPLITS) -> None:
         for dataset in _leaf_datasets(loader.get("dataset")):
             if "VTAB" in str(dataset.get("type")):
                 task = "cls"
+            elif "seg_map_path" in (dataset.get("data_prefix") or {}):  # mmseg datasets
+                task = "seg"
             if _generates_data(dataset, scope):
                 generated = True
                 continue
@@ -198,3 +207,18 @@ def check_data_paths(cfg: Config, splits: Sequence[str] = DATA_SPLITS) -> None:
         f"    --cfg-options {' '.join(dict.fromkeys(options))}\n"
         f"To try the pipeline without downloading anything: {DEMO_HINTS[task]}"
     )
+
+
+def check_checkpoint(path: str, given_as: str) -> None:
+    """Raises ``FileNotFoundError`` when the checkpoint ``path`` (given as ``given_as``, e.g. ``--resume``) does
+    not exist, ``CheckpointError`` when ``torch.load(weights_only=True)`` cannot read it. Tensors are
+    memory-mapped (files in torch's zip format), so a large checkpoint costs little more than its header."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"{given_as}: checkpoint not found: {path} (absolute: {osp.abspath(path)})")
+    with open(path, "rb") as handle:
+        zipped = handle.read(4) == b"PK\x03\x04"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError... depending on the damage
+        raise CheckpointError(f"{given_as}: {path} is not a readable checkpoint (truncated or corrupted?): "
+                              f"{type(err).__name__}: {err}") from err

@@ -1,6 +1,7 @@
 """Shared settings for the mmdet / mmengine tests: tiny variants of the demo configs via --cfg-options."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -11,10 +12,11 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 
-def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64) -> Dict[str, object]:
+def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64, num_train: int = 8,
+                     num_val: int = 4) -> Dict[str, object]:
     """cascade_demo.py shrunk to a few 64 px images and iterations (same generator for both splits)."""
     root = str(data_root) + "/"
-    generator = dict(num_train=8, num_val=4, image_size=image_size, max_shapes=2, seed=0)
+    generator = dict(num_train=num_train, num_val=num_val, image_size=image_size, max_shapes=2, seed=0)
     return {
         "train_dataloader.batch_size": 2,
         "train_dataloader.num_workers": 0,
@@ -36,6 +38,39 @@ def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64)
         "default_hooks.checkpoint.interval": 1,
         "default_hooks.logger.interval": 1,
     }
+
+
+# Smaller than the demo's ViT-Ti (detection), torch kernels (CPU).
+TINY_DET_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3,
+                  "model.backbone.kernel_backend": "torch"}
+
+
+def tiny_cls_options(data_root: Path, max_epochs: int = 1, num_train: int = 16, num_test: int = 8,
+                     batch_size: int = 8, image_size: int = 32) -> Dict[str, object]:
+    """cls_demo.py shrunk to a few generated images (same generator for both splits), torch kernels, no workers,
+    a checkpoint every epoch and a log line every iteration."""
+    generator = dict(num_train=num_train, num_test=num_test, image_size=image_size, seed=0)
+    options: Dict[str, object] = {
+        "train_dataloader.batch_size": batch_size, "model.kernel_backend": "torch",
+        "train_cfg.max_epochs": max_epochs, "train_cfg.val_interval": max_epochs,
+        "default_hooks.checkpoint.interval": 1, "default_hooks.logger.interval": 1,
+    }
+    for split in ("train", "val", "test"):
+        options.update({f"{split}_dataloader.num_workers": 0, f"{split}_dataloader.persistent_workers": False,
+                        f"{split}_dataloader.dataset.data_root": str(data_root),
+                        f"{split}_dataloader.dataset.image_size": image_size,
+                        f"{split}_dataloader.dataset.generator": generator})
+    return options
+
+
+def latest_log(work_dir: Path) -> str:
+    """The text of the newest run log under ``work_dir`` (``<work_dir>/<timestamp>/<timestamp>.log``)."""
+    return sorted(work_dir.glob("*/*.log"))[-1].read_text()
+
+
+def logged_metric(log: str, name: str) -> float:
+    """The last value of metric ``name`` (``cls/top1``, ``coco/bbox_mAP``) in a run log."""
+    return float(re.findall(rf"{re.escape(name)}: ([\d.]+)", log)[-1])
 
 
 def as_cli(options: Dict[str, object]) -> List[str]:

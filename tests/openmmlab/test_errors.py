@@ -20,7 +20,7 @@ def test_cascade_without_coco_stops_at_once_naming_paths_options_and_demo(tmp_pa
     monkeypatch.chdir(tmp_path)  # data_root 'data/coco/' is relative: nothing there
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError) as info:
-        train_driver.main([str(CONFIGS / "cascade.py"), "--work-dir", str(tmp_path / "work")])
+        train_driver.train([str(CONFIGS / "cascade.py"), "--work-dir", str(tmp_path / "work")])
     message = str(info.value)
     for expected in ("data/coco/annotations/instances_train2017.json", "data/coco/train2017/",
                      "data/coco/annotations/instances_val2017.json", "data/coco/val2017/",
@@ -43,24 +43,24 @@ def write_config(tmp_path: Path, body: str) -> str:
 ], ids=["typo-optim_wraper", "legacy-optimizer", "unknown-component"])
 def test_unknown_top_level_keys(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
-        train_driver.main([write_config(tmp_path, body), "--work-dir", str(tmp_path / "work")])
+        train_driver.train([write_config(tmp_path, body), "--work-dir", str(tmp_path / "work")])
 
 
 def test_cfg_option_of_a_parse_time_variable(tmp_path):
     with pytest.raises(ConfigError, match=r"--cfg-options data_root=/elsewhere: 'data_root' is not read"):
-        train_driver.main([str(CONFIGS / "cascade_demo.py"), "--cfg-options", "data_root=/elsewhere"])
+        train_driver.train([str(CONFIGS / "cascade_demo.py"), "--cfg-options", "data_root=/elsewhere"])
 
 
 def test_backbone_kwarg_typo(tmp_path):
     options = {**tiny_det_options(tmp_path / "shapes"), "model.backbone.side_dim": "[64,128,256,384]"}
     with pytest.raises(TypeError, match=r"unknown argument 'side_dim'; did you mean 'side_dims'"):
-        train_driver.main([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(tmp_path / "work"), *as_cli(options)])
+        train_driver.train([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(tmp_path / "work"), *as_cli(options)])
 
 
 def test_missing_pretrained_file(tmp_path):
     options = {**tiny_det_options(tmp_path / "shapes"), "model.backbone.pretrained": str(tmp_path / "ViT-B_16.npz")}
     with pytest.raises(FileNotFoundError, match=r"pretrained ViT checkpoint not found: .*ViT-B_16.npz"):
-        train_driver.main([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(tmp_path / "work"), *as_cli(options)])
+        train_driver.train([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(tmp_path / "work"), *as_cli(options)])
 
 
 def test_vtab_list_naming_missing_images(tmp_path):
@@ -78,7 +78,7 @@ def test_vtab_config_without_data(tmp_path):
     options = {"train_dataloader.dataset.data_root": str(tmp_path / "caltech101"),
                "val_dataloader.dataset.data_root": str(tmp_path / "caltech101")}
     with pytest.raises(FileNotFoundError, match=r"caltech101/train800val200.txt[\s\S]*configs/cls_demo.py"):
-        train_driver.main([str(CONFIGS / "vtab" / "caltech101.py"), "--work-dir", str(tmp_path / "w"),
+        train_driver.train([str(CONFIGS / "vtab" / "caltech101.py"), "--work-dir", str(tmp_path / "w"),
                            *as_cli(options)])
 
 
@@ -89,4 +89,4 @@ def test_classifier_input_size_not_a_multiple_of_32(tmp_path):
                "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False,
                "model.kernel_backend": "torch"}
     with pytest.raises(ValueError, match=r"image size 48x48 is not supported: height and width must be multiples"):
-        train_driver.main([str(CONFIGS / "cls_demo.py"), "--work-dir", str(tmp_path / "w"), *as_cli(options)])
+        train_driver.train([str(CONFIGS / "cls_demo.py"), "--work-dir", str(tmp_path / "w"), *as_cli(options)])
