@@ -18,7 +18,7 @@ from mmengine.registry import MODELS
 
 import hst_fast
 from hst_fast.feature_cache import FeatureCache
-from hst_fast.openmmlab.feature_cache_checks import DISABLE_HINT, cache_settings
+from hst_fast.openmmlab.feature_cache_checks import cache_dir, cache_settings, check_sample_ids
 from hst_fast.openmmlab.model_args import check_overrides, pretrained_path, trainable_line
 
 
@@ -60,10 +60,7 @@ class HSTClassifier(BaseModel):
     def open_feature_cache(self, default_dir: Optional[str] = None) -> FeatureCache:
         """Opens the cache at ``feature_cache.dir``, else ``default_dir``; once the ViT weights are final
         (``FeatureCacheHook`` calls it after checkpoint loading), as the cache keys on them."""
-        directory = self.cache_settings.dir or default_dir
-        if directory is None:
-            raise ValueError("HSTClassifier: feature_cache.dir is not set, and no FeatureCacheHook gave the default "
-                             "(<work_dir>/feature_cache): set model.feature_cache.dir, or train with hst_fast.train")
+        directory = cache_dir(self.cache_settings, default_dir)
         self.feature_cache = FeatureCache(directory, self.hst, self.cache_settings.dtype, self._cache_input_key)
         return self.feature_cache
 
@@ -95,11 +92,7 @@ class HSTClassifier(BaseModel):
 
     def _logits_from_cache(self, inputs: torch.Tensor, sample_ids: Optional[Sequence[str]]) -> torch.Tensor:
         """[B, 3, H, W] -> logits [B, C], the ViT's features read from (or written to) the feature cache."""
-        if sample_ids is None:
-            raise ValueError(
-                "HSTClassifier(feature_cache=...) needs each batch's sample ids (the 'sample_ids' key of VTABDataset's "
-                f"items), and this batch has none: use a dataset with stable sample ids (VTABDataset) {DISABLE_HINT}."
-            )
+        check_sample_ids(sample_ids, inputs.shape[0])
         cache = self.feature_cache or self.open_feature_cache()
         stages = self.hst.forward_stage_tokens(inputs, cache.block_features(self.hst, sample_ids, inputs))
         return self.hst.forward_head(stages[-1][0])

@@ -9,7 +9,7 @@ only if a sample id always means the same ViT input. Refused, with the cause and
 - random transforms in a dataset's pipeline, and batch augments in the data preprocessor: each epoch's
   input differs from the cached one (``configure_feature_cache``, before the Runner is built);
 - a dataset without stable sample ids: it must declare ``STABLE_SAMPLE_IDS = True`` and carry
-  ``sample_ids`` in its items, as ``VTABDataset`` does (here, and at every batch in ``HSTClassifier``).
+  ``sample_ids`` in its items, as ``VTABDataset`` does (here, and at every batch: ``check_sample_ids``).
 
 A changed backbone, input normalization, input size or storage dtype needs no refusal: the cache keys on
 them (``hst_fast.feature_cache``).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -72,14 +72,38 @@ def cache_settings(owner: str, feature_cache: Optional[dict], model) -> Optional
     return CacheSettings(dir=feature_cache.get("dir"), dtype=DTYPES[dtype], eval=bool(feature_cache.get("eval", True)))
 
 
+def cache_dir(settings: CacheSettings, default_dir: Optional[str]) -> str:
+    """``feature_cache.dir``, else ``default_dir`` (``<work_dir>/feature_cache``, from ``FeatureCacheHook``)."""
+    directory = settings.dir or default_dir
+    if directory is None:
+        raise ValueError("HSTClassifier: feature_cache.dir is not set, and no FeatureCacheHook gave the default "
+                         "(<work_dir>/feature_cache): set model.feature_cache.dir, or train with hst_fast.train")
+    return directory
+
+
+def check_sample_ids(sample_ids: Optional[Sequence[str]], batch_size: int) -> None:
+    """Raises ``ValueError`` unless a batch of ``batch_size`` images has one sample id each."""
+    if sample_ids is None:
+        raise ValueError(
+            "HSTClassifier(feature_cache=...) needs each batch's sample ids (the 'sample_ids' key of VTABDataset's "
+            f"items), and this batch has none: use a dataset with stable sample ids (VTABDataset) {DISABLE_HINT}."
+        )
+    if len(sample_ids) != batch_size:
+        raise ValueError(f"HSTClassifier(feature_cache=...): {len(sample_ids)} sample ids for {batch_size} images")
+
+
 def _transform_names(transforms) -> Iterator[str]:
-    """Type names of a pipeline's transforms, nested ones (RandomApply(transforms=[...])) included."""
-    if isinstance(transforms, dict):
+    """Type names of a pipeline's transforms, nested ones (RandomApply(transforms=[...])) included; a string is
+    taken as a name (``--cfg-options k="[dict(type='RandomFlip')]"`` gives strings)."""
+    if isinstance(transforms, str):
+        yield transforms
+    elif isinstance(transforms, dict):
         kind = transforms.get("type")
         if kind is not None:
             yield kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-        for value in transforms.values():
-            yield from _transform_names(value)
+        for value in transforms.values():  # nested transforms (dicts); other values are arguments
+            if isinstance(value, dict) or isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+                yield from _transform_names(value)
     elif isinstance(transforms, (list, tuple)):
         for value in transforms:
             yield from _transform_names(value)

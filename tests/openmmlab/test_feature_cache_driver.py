@@ -151,11 +151,12 @@ class ListedImages(torch.utils.data.Dataset):
                  id="random-resized-crop"),
     pytest.param([dict(type="RandomApply", transforms=[dict(type="ColorJitter", brightness=0.4)])],
                  "RandomApply, ColorJitter", id="nested-colour-jitter"),
+    pytest.param(["dict(type='RandomFlip')"], "dict(type='RandomFlip')", id="from-cfg-options"),  # DictAction: str
 ])
 def test_random_transforms_are_refused(pipeline, named):
     cfg = cached_config(**{"train_dataloader.dataset.pipeline": pipeline})
-    with pytest.raises(ConfigError, match=rf"train_dataloader.dataset.pipeline has random transforms \({named}\).*"
-                                          r"Remove them .* model.feature_cache=None"):
+    expected = rf"train_dataloader.dataset.pipeline has random transforms \({re.escape(named)}\).*Remove them .*"
+    with pytest.raises(ConfigError, match=expected + r"model.feature_cache=None"):
         configure_feature_cache(cfg)
 
 
@@ -202,3 +203,9 @@ def test_batch_without_sample_ids_is_refused(tmp_path):
     model = HSTClassifier(**TINY, backbone_grad="none", feature_cache=dict(dir=str(tmp_path))).train()
     with pytest.raises(ValueError, match=r"needs each batch's sample ids .* VTABDataset"):
         model(torch.randn(2, 3, 64, 64), labels=[0, 1], mode="loss")
+
+
+def test_cache_without_a_dir_outside_the_drivers_is_refused():
+    model = HSTClassifier(**TINY, backbone_grad="none", feature_cache=dict()).train()
+    with pytest.raises(ValueError, match=r"feature_cache.dir is not set, and no FeatureCacheHook gave the default"):
+        model(torch.randn(2, 3, 64, 64), labels=[0, 1], sample_ids=["a", "b"], mode="loss")
