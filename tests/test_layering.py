@@ -16,6 +16,7 @@ LAYERS = {
     "hst_fast.constants": 0,
     "hst_fast.version": 0,
     "hst_fast.kernels": 1,
+    "hst_fast.recompute": 1,  # recomputation in backward (torch only), used by the ViT and the side ops
     "hst_fast.backend": 2,
     "hst_fast.vit": 2,
     "hst_fast.adapter": 2,

@@ -19,9 +19,11 @@ from hst_fast.hst.faithful_trunk import FaithfulTrunk, apply_ln_tuning, create_m
 from hst_fast.hst.frozen_trunk import FrozenTrunk
 from hst_fast.hst.layers import tokens_to_map
 from hst_fast.hst.side_stage import build_side_stages
+from hst_fast.recompute import lean_ops
 from hst_fast.vit.attention import set_attn_backend
 from hst_fast.vit.families import family_of
 from hst_fast.vit.inputs import check_images
+from hst_fast.vit.lean_block import use_lean_blocks
 from hst_fast.vit.peft import TrainableSubsetMixin, classifier_head
 
 
@@ -60,13 +62,15 @@ class HST(TrainableSubsetMixin, nn.Module):
         set_attn_backend(vit, attn_backend)
         if self.faithful:
             apply_ln_tuning(vit, self.family, ops)
+            if not grad_checkpointing:  # a checkpointed block recomputes its MLP anyway
+                use_lean_blocks(vit)
         self.meta_tokens = create_meta_tokens(len(vit.blocks) if self.faithful else 0, config.num_meta_tokens,
                                               vit.embed_dim)
         self.trunk = (FaithfulTrunk(vit, self.family, self.meta_tokens, grad_checkpointing) if self.faithful
                       else FrozenTrunk(vit, self.family))
         self.side_stages = build_side_stages(
             vit.embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
-            config.drop_path_rate, ops, in_chans=vit.patch_embed.proj.in_channels,
+            config.drop_path_rate, lean_ops(ops), in_chans=vit.patch_embed.proj.in_channels,
         )
         self.head_norm = nn.BatchNorm1d(config.side_dims[-1], affine=False, eps=1e-6)
         self.head = classifier_head(config.side_dims[-1], config.num_classes)
