@@ -20,6 +20,7 @@ import torch
 
 from hst_fast.constants import KERNEL_BACKENDS
 from hst_fast.kernels import reference
+from hst_fast.recompute import lean_ops
 
 OP_NAMES = ("layer_norm", "side_attention", "side_ffn", "fg_injection")
 
@@ -100,7 +101,7 @@ def resolve_ops(backend: str) -> KernelOps:
             "kernel_backend='triton' without a CUDA device runs Triton's interpreter: set TRITON_INTERPRET=1 "
             "in the environment before importing hst_fast, or use kernel_backend='torch'/'auto'."
         )
-    kernels, refs = triton_ops(), reference_ops()
+    kernels, refs = triton_ops(), lean_ops(reference_ops())  # fallbacks keep only their inputs for backward
     if backend == "triton":
         return kernels
     return KernelOps("auto", **{op: _auto(getattr(kernels, op), getattr(refs, op)) for op in OP_NAMES})
