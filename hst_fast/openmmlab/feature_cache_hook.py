@@ -3,7 +3,7 @@ and, after every epoch, how many samples it served (added by the drivers when ``
 from __future__ import annotations
 
 import os.path as osp
-from typing import Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from mmengine.dist import all_reduce
@@ -11,6 +11,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from torch.utils.data import DataLoader
 
 from hst_fast.feature_cache import STORAGE_DTYPES, feature_nbytes
 
@@ -40,13 +41,10 @@ class FeatureCacheHook(Hook):
         self._counted = (0, 0)
 
     def before_train(self, runner) -> None:
-        loaders = [runner.train_dataloader]
-        if runner.val_loop is not None:
-            loaders.append(runner.val_loop.dataloader)
-        self._open(runner, loaders)
+        self._open(runner, runner.train_dataloader, runner.val_loop.dataloader if runner.val_loop else None)
 
     def before_test(self, runner) -> None:
-        self._open(runner, [runner.test_dataloader])
+        self._open(runner, None, runner.test_dataloader)
 
     def after_train_epoch(self, runner) -> None:
         self._log_counts(runner, f"train epoch {runner.epoch + 1}")
@@ -65,21 +63,22 @@ class FeatureCacheHook(Hook):
                              f"without a feature cache")
         return model
 
-    def _open(self, runner, loaders: Sequence) -> None:
+    def _open(self, runner, train_loader: Optional[DataLoader], eval_loader: Optional[DataLoader]) -> None:
         model = self._classifier(runner)
         cache = model.open_feature_cache(osp.join(runner.work_dir, "feature_cache"))
         self._counted = (cache.hits, cache.misses)
-        input_size = tuple(loaders[0].dataset[0]["inputs"].shape[-2:])
+        input_size = tuple((train_loader or eval_loader).dataset[0]["inputs"].shape[-2:])
         depth, tokens, dim = cache.entry_shape(model.hst, input_size)
         per_sample = feature_nbytes(depth, tokens, dim, cache.dtype)
-        counts = [len(loader.dataset) for loader in loaders[: 2 if model.cache_settings.eval else 1]]
+        cached = [train_loader] + ([eval_loader] if model.cache_settings.eval else [])
+        counts = [len(loader.dataset) for loader in cached if loader is not None]
         entries, used = cache.usage()
         dtype = STORAGE_DTYPES[cache.dtype]
         vtab = feature_nbytes(VTAB_RECIPE["depth"], VTAB_RECIPE["num_tokens"], VTAB_RECIPE["dim"], cache.dtype)
         print_log(
             f"feature cache {cache.folder(input_size)}: {format_bytes(per_sample)} per sample ({depth} blocks x "
             f"{tokens} tokens x {dim} channels, {dtype}); holds {entries} samples, {format_bytes(used)}; this run "
-            f"caches {' + '.join(map(str, counts))} samples: {format_bytes(per_sample * sum(counts))}. The full "
+            f"caches {' + '.join(map(str, counts)) or 0} samples: {format_bytes(per_sample * sum(counts))}. The full "
             f"VTAB-1k recipe (ViT-B/16, 224 px, {dtype}) needs {format_bytes(vtab)} per sample: "
             f"{format_bytes(vtab * VTAB_RECIPE['train_images'])} for its 1000 training images, plus "
             f"{format_bytes(vtab)} per test image when evaluation is cached", logger="current")

@@ -30,14 +30,15 @@ TINY = dict(vit_name="vit_tiny_patch16_224", depth=4, embed_dim=96, num_heads=3,
 
 def options(data_root: Path, cache_dir: Path, max_epochs: int = 2, num_train: int = 16, batch: int = 8) -> dict:
     opts = {"train_cfg.max_epochs": max_epochs, "train_cfg.val_interval": 2, "train_dataloader.batch_size": batch,
-            "model.embed_dim": 96, "model.num_heads": 3, "model.kernel_backend": "torch",
+            "model.vit_name": "vit_tiny_patch16_224", "model.depth": 4, "model.embed_dim": 96, "model.num_heads": 3,
+            "model.kernel_backend": "torch",
             "model.feature_cache.dir": str(cache_dir), "default_hooks.checkpoint.interval": 1,
             "default_hooks.logger.interval": 1}
+    generator = dict(num_train=num_train, num_test=8, image_size=64, seed=0)
     for split in ("train", "val", "test"):
         opts.update({f"{split}_dataloader.num_workers": 0, f"{split}_dataloader.persistent_workers": False,
                      f"{split}_dataloader.dataset.data_root": str(data_root),
-                     f"{split}_dataloader.dataset.generator": dict(num_train=num_train, num_test=8, image_size=64,
-                                                                   seed=0)})
+                     f"{split}_dataloader.dataset.image_size": 64, f"{split}_dataloader.dataset.generator": generator})
     return opts
 
 
@@ -113,6 +114,14 @@ def test_test_driver_evaluates_through_the_cache(runs, tmp_path):
 def test_changed_backbone_input_size_dtype_or_normalization_is_rebuilt_not_read(runs, tmp_path, change):
     log = train(tmp_path, {**runs["opts"], "train_cfg.max_epochs": 1, **change})
     assert counts(log, "train epoch 1") == (0, 16)
+
+
+def test_eval_false_caches_the_training_split_only(tmp_path):
+    opts = options(tmp_path / "shapes", tmp_path / "features", max_epochs=1)
+    log = train(tmp_path / "work", {**opts, "model.feature_cache.eval": False, "train_cfg.val_interval": 1})
+    assert "this run caches 16 samples" in log and counts(log, "train epoch 1") == (0, 16)
+    assert "feature cache, val" not in log and re.search(r"cls/top1: [\d.]+", log)  # evaluated through the ViT
+    assert len(list((tmp_path / "features").rglob("*.feat"))) == 16
 
 
 def test_two_processes_fill_and_read_one_cache(tmp_path):
