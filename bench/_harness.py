@@ -1,12 +1,13 @@
-"""Shared machinery of the benchmark suite: device and size mode, shapes, providers, timing, memory.
+"""Shared machinery of the benchmark suite and ``bench.gpu_check``: device and size mode, shapes, providers,
+timing (L2 flushed between repetitions), memory.
 
-Imports only torch (and, lazily, timm/hst_fast/xformers/pynvml): no mmengine, mmdet or matplotlib, so the
-suite runs on a bare GPU box and collects on a CPU-only CI machine.
+Imports torch and ``hst_fast.constants`` (and, lazily, timm/hst_fast's kernels/xformers/pynvml): no mmengine,
+mmdet or matplotlib, so the suite runs on a bare GPU box and collects on a CPU-only CI machine.
 
 Size mode (``HST_BENCH_SIZE``): ``full`` (default on GPU) runs every side stage of the classification
 config (ViT-B, 224px, B=128) and the detection config (ViT-B, 1024px, B=2); ``reduced`` (default on CPU)
 keeps the widths, heads and key counts but shrinks batch and image, so a 2-core machine runs the suite
-in minutes.
+in minutes; ``tiny`` (``bench.gpu_check --dry-run``) keeps stage 1 only, at 32 px (cls) and 64 px (det).
 Dtype (``HST_BENCH_DTYPE``): ``bf16`` on GPU, ``fp32`` on CPU (see ``DTYPE_NAME``).
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from typing import Any
 import pytest
 import torch
 
+from hst_fast.constants import STAGE_STRIDES, TASK_PRESETS
+
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 SIZE = os.environ.get("HST_BENCH_SIZE", "full" if ON_GPU else "reduced")
-if SIZE not in ("full", "reduced"):
-    raise ValueError(f"HST_BENCH_SIZE must be 'full' or 'reduced', got {SIZE!r}")
+if SIZE not in ("full", "reduced", "tiny"):
+    raise ValueError(f"HST_BENCH_SIZE must be 'full', 'reduced' or 'tiny', got {SIZE!r}")
 # bf16 on GPU. On CPU float32: CPU bf16 matmuls without native bf16 units are a slow fallback path (a
 # [16, 384] x [384, 384] bmm takes ~80 ms), which would turn a smoke run into a benchmark of that fallback.
 DTYPE_NAME = os.environ.get("HST_BENCH_DTYPE", "bf16" if ON_GPU else "fp32")
@@ -41,23 +44,19 @@ PASSES = ("fwd", "bwd", "fwdbwd")
 PROVIDERS = ("reference", "compile", "xformers", "triton")
 COMPILE_MODE = "max-autotune-no-cudagraphs"
 
-# Timing: rounds of the timed function (after warm-up rounds). On GPU a timed call repeats a small op
-# back to back until it moves about TARGET_CALL_S worth of copy-bandwidth bytes (at most MAX_REPS times),
-# so launch and synchronization overhead stays a small part of what is measured.
-ROUNDS, WARMUP = (30, 5) if ON_GPU else (3, 1)
+# Timing: rounds of one op call each (after warm-up rounds), the L2 cache flushed before every round.
+ROUNDS, WARMUP = (30, 5) if ON_GPU else (1, 0) if SIZE == "tiny" else (3, 1)
 TRAIN_ROUNDS, TRAIN_WARMUP = (10, 2) if ON_GPU else (2, 1)
-TARGET_CALL_S = 2e-4
-MAX_REPS = 64
 
 SESSION: dict[str, Any] = {}  # filled by fixtures, read by the machine-info hook
 
 
 # ----------------------------------------------------------------------------------------- shapes
-# HST.md §4: side widths / heads per stage, meta tokens G (keys = G + 1), ViT-B width and patch 16.
-CONFIGS = {
-    "cls": {"dims": (32, 48, 64, 72), "heads": (2, 4, 8, 12), "meta": 1, "full": (128, 224), "reduced": (2, 64)},
-    "det": {"dims": (64, 128, 256, 384), "heads": (2, 4, 8, 12), "meta": 8, "full": (2, 1024), "reduced": (1, 128)},
-}
+# (batch, image px) per task preset (hst_fast.constants.TASK_PRESETS: widths, heads, meta tokens) and size mode:
+# the paper's classification (VTAB-1k, 224 px) and detection (COCO, 1024 px) inputs; ViT-B width and patch 16.
+SIZES = {"cls": {"full": (128, 224), "reduced": (2, 64), "tiny": (2, 32)},
+         "det": {"full": (2, 1024), "reduced": (1, 128), "tiny": (1, 64)}}
+TINY_STAGES = (1,)  # the side stages the tiny size mode keeps: Triton's interpreter is slow at the wide ones
 VIT_DIM = 768
 PATCH = 16
 
@@ -94,28 +93,29 @@ class StageShape:
                 "vit_dim": self.vit_dim, "dtype": DTYPE_NAME}
 
 
-def batch_and_image(config: str) -> tuple[int, int]:
-    return CONFIGS[config][SIZE]
+def batch_and_image(config: str, size: str = SIZE) -> tuple[int, int]:
+    return SIZES[config][size]
 
 
-def stage_shapes() -> list[StageShape]:
-    """Every side stage of both configs, at the current size mode."""
+def stage_shapes(size: str = SIZE) -> list[StageShape]:
+    """Every side stage of both task presets (``TINY_STAGES`` in the tiny mode), at size mode ``size``."""
     shapes = []
-    for config, spec in CONFIGS.items():
-        batch, image = batch_and_image(config)
-        grid = image // PATCH
-        for s, (dim, heads) in enumerate(zip(spec["dims"], spec["heads"])):
-            side = image // 2 ** (s + 2)
-            shapes.append(StageShape(config, s + 1, batch, (side, side), dim, heads, spec["meta"] + 1, (grid, grid)))
+    for config, preset in TASK_PRESETS.items():
+        batch, image = batch_and_image(config, size)
+        grid, keys = image // PATCH, preset["num_meta_tokens"] + 1
+        for s, (dim, heads, stride) in enumerate(zip(preset["side_dims"], preset["side_heads"], STAGE_STRIDES)):
+            if size != "tiny" or s + 1 in TINY_STAGES:
+                side = image // stride
+                shapes.append(StageShape(config, s + 1, batch, (side, side), dim, heads, keys, (grid, grid)))
     return shapes
 
 
-def vit_token_shapes() -> list[tuple[str, int, int, int]]:
+def vit_token_shapes(size: str = SIZE) -> list[tuple[str, int, int, int]]:
     """(config, B, tokens, D) of the ViT blocks' LayerNorm inputs: [meta, cls, patches]."""
     shapes = []
-    for config, spec in CONFIGS.items():
-        batch, image = batch_and_image(config)
-        shapes.append((config, batch, spec["meta"] + 1 + (image // PATCH) ** 2, VIT_DIM))
+    for config, preset in TASK_PRESETS.items():
+        batch, image = batch_and_image(config, size)
+        shapes.append((config, batch, preset["num_meta_tokens"] + 1 + (image // PATCH) ** 2, VIT_DIM))
     return shapes
 
 
@@ -158,10 +158,11 @@ def set_compile_limits() -> None:
 
 
 @functools.cache
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn, mode='max-autotune-no-cudagraphs', dynamic=False)``, one wrapper per function."""
+def compiled(fn: Callable, mode: str = COMPILE_MODE, dynamic: bool | None = False, backend: str = "inductor"):
+    """``torch.compile(fn, mode=mode, dynamic=dynamic, backend=backend)``, one wrapper per function and options
+    (the suite: ``mode='max-autotune-no-cudagraphs', dynamic=False``)."""
     set_compile_limits()
-    return torch.compile(fn, mode=COMPILE_MODE, dynamic=False)
+    return torch.compile(fn, mode=mode, dynamic=dynamic, backend=backend)
 
 
 def compiled_module(module: torch.nn.Module) -> Callable:
@@ -170,10 +171,15 @@ def compiled_module(module: torch.nn.Module) -> Callable:
     return torch.compile(module, mode=COMPILE_MODE, dynamic=False)
 
 
+def kernel_op(op: str) -> Callable:
+    """The public Triton op ``hst_fast.kernels.<op>.<op>`` (imports Triton)."""
+    return getattr(importlib.import_module(f"hst_fast.kernels.{op}"), op)
+
+
 def triton_op(op: str) -> Callable:
-    """The public Triton op ``hst_fast.kernels.<op>.<op>``; skips the test if it cannot be imported."""
+    """``kernel_op(op)``; skips the test if it cannot be imported."""
     try:
-        return getattr(importlib.import_module(f"hst_fast.kernels.{op}"), op)
+        return kernel_op(op)
     except (ImportError, AttributeError) as error:
         pytest.skip(f"Triton op hst_fast.kernels.{op} is not available: {error!r}")
 
@@ -204,6 +210,11 @@ def sync() -> None:
 def rand(*shape: int, scale: float = 1.0, grad: bool = True) -> torch.Tensor:
     tensor = (torch.randn(*shape, device=DEVICE, dtype=torch.float32) * scale).to(DTYPE)
     return tensor.requires_grad_(grad)
+
+
+def grad_targets(args: Sequence[Any]) -> list[torch.Tensor]:
+    """The tensors among an op's arguments that require a gradient."""
+    return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
 def measure_copy_bandwidth() -> dict[str, Any]:
@@ -266,6 +277,123 @@ def median_seconds(benchmark) -> float | None:
     return getattr(getattr(stats, "stats", None), "median", None)
 
 
+# ----------------------------------------------------------------------------------------- timing
+FLUSH_MIN_BYTES = 256 << 20  # the cache buffer of triton.testing.do_bench
+
+
+def l2_flush_plan() -> tuple[int, str]:
+    """(bytes ``L2Flush`` zeroes, how): max(256 MiB, 2 x L2) on GPU, as ``triton.testing.do_bench``; 32 MiB (past a
+    typical last-level cache) on CPU."""
+    if not ON_GPU:
+        nbytes, where = 32 << 20, "CPU"
+    else:
+        l2 = torch.cuda.get_device_properties(DEVICE).L2_cache_size
+        nbytes, where = max(FLUSH_MIN_BYTES, 2 * l2), f"L2 {l2 / 2**20:.0f} MiB"
+    return nbytes, f"zero_ of a {nbytes >> 20} MiB buffer before every repetition, untimed ({where})"
+
+
+class L2Flush:
+    """Evicts the cache before a timed repetition (``l2_flush_plan``). Create it after measuring peak memory:
+    its buffer is allocated while it lives."""
+
+    def __init__(self) -> None:
+        nbytes, self.method = l2_flush_plan()
+        self.buffer = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+class Stopwatch:
+    """Times each ``with stopwatch:`` block. On GPU, CUDA events around the enqueued work (device time; the
+    untimed flush before it keeps the device busy while the host launches, as in ``do_bench``); on CPU,
+    ``time.perf_counter``."""
+
+    method = "CUDA events around each repetition" if ON_GPU else "time.perf_counter around each repetition"
+
+    def __init__(self) -> None:
+        self._marks: list[tuple[Any, Any]] = []
+
+    @staticmethod
+    def _mark() -> Any:
+        if not ON_GPU:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def __enter__(self) -> None:
+        self._start = self._mark()
+
+    def __exit__(self, *exc) -> None:
+        self._marks.append((self._start, self._mark()))
+
+    def seconds(self) -> list[float]:
+        sync()
+        return [start.elapsed_time(end) / 1e3 if ON_GPU else end - start for start, end in self._marks]
+
+
+def spread(seconds: Sequence[float]) -> dict[str, Any]:
+    """Median and spread of repetition times, in ms: ``ms`` (median), quartiles ``q1_ms``/``q3_ms``, ``iqr_ms``,
+    ``min_ms``, ``max_ms``, and the count ``n``."""
+    ms = sorted(1e3 * t for t in seconds)
+    q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else ms * 3
+    return {"ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1, "min_ms": ms[0],
+            "max_ms": ms[-1], "n": len(ms)}
+
+
+class OpPasses:
+    """The timed passes of one op on fixed inputs.
+
+    forward(): runs the op (grad mode on, so it saves what its backward needs: the forward of a training step);
+    grad_targets: every tensor that gets a gradient (inputs and parameters).
+    - ``fwd``: forward only.
+    - ``bwd``: backward only; its forward runs untimed before (``prepare``).
+    - ``fwdbwd``: forward and backward.
+    Backward is ``torch.autograd.grad`` (no accumulation into ``.grad``), with a fixed random output gradient.
+    The first forward (in the constructor) triggers Triton autotuning and compilation.
+    """
+
+    def __init__(self, forward: Callable[[], torch.Tensor], grad_targets: Sequence[torch.Tensor]) -> None:
+        self.forward, self.targets = forward, list(grad_targets)
+        self.grad_out = torch.randn_like(forward())
+
+    def prepare(self, pass_: str) -> tuple:
+        """The untimed part of a repetition: the forward whose output ``bwd`` differentiates."""
+        return (self.forward(),) if pass_ == "bwd" else ()
+
+    def run(self, pass_: str, *prepared: torch.Tensor) -> None:
+        if pass_ == "fwd":
+            self.forward()
+        else:
+            torch.autograd.grad(prepared[0] if pass_ == "bwd" else self.forward(), self.targets, self.grad_out)
+
+    def peak_memory(self, pass_: str) -> dict[str, Any]:
+        """Peak memory of one warmed-up repetition (``peak_info``; on CPU, which has none, nothing runs)."""
+        if not ON_GPU:
+            return peak_info(0)
+        self.run(pass_, *self.prepare(pass_))
+        prepared = self.prepare(pass_)
+        base = reset_peak()
+        self.run(pass_, *prepared)
+        return peak_info(base)
+
+    def time(self, pass_: str, rounds: int = ROUNDS, warmup: int = WARMUP) -> list[float]:
+        """Seconds per repetition of ``pass_``, the L2 flushed before each (``L2Flush``, ``Stopwatch``)."""
+        flush, watch = L2Flush(), Stopwatch()
+        for _ in range(warmup + rounds):
+            prepared = self.prepare(pass_)
+            flush()
+            with watch:
+                self.run(pass_, *prepared)
+        return watch.seconds()[warmup:]
+
+
+def timing_info() -> dict[str, str]:
+    """How repetitions are timed (``Stopwatch``, ``L2Flush``)."""
+    return {"timer": Stopwatch.method, "l2_flush": l2_flush_plan()[1]}
+
+
 # ----------------------------------------------------------------------------------------- op benchmark
 def run_op(
     benchmark,
@@ -281,86 +409,48 @@ def run_op(
     shape: str,
     info: dict[str, Any],
 ) -> None:
-    """Times one pass of one op and records ``extra_info``.
+    """Times one pass of one op (``OpPasses``) and records ``extra_info``.
 
-    forward(): runs the op on fixed inputs (grad mode on, so it saves what its backward needs: the
-    forward of a training step); grad_targets: every tensor that gets a gradient (inputs and parameters);
-    nbytes / flops: {pass: bytes that must move / model FLOPs} from the op's byte model.
-
-    - ``fwd``: forward only.
-    - ``bwd``: backward only; forwards run in the untimed set-up of each round.
-    - ``fwdbwd``: forward and backward.
-    Backward is ``torch.autograd.grad`` (no accumulation into ``.grad``), with a fixed random output gradient.
+    nbytes / flops: {pass: bytes that must move / model FLOPs} from the op's byte model. Each round is one call,
+    the L2 cache flushed in the untimed set-up before it; ``ms`` and its spread are the device time of the calls
+    (``Stopwatch``), ``wall_ms`` is pytest-benchmark's median, which adds the host's launch and synchronization.
     """
-    unsupported = _unsupported_errors()
     try:
-        out = forward()
-    except unsupported as error:
+        passes = OpPasses(forward, grad_targets)
+    except _unsupported_errors() as error:
         pytest.skip(f"{provider} does not handle this input: {error}")
-    grad_out = torch.randn_like(out)
-    del out
-    targets = list(grad_targets)
+    memory = passes.peak_memory(pass_)  # after a warm-up call (Triton autotuning, inductor compilation)
+    flush, watch = L2Flush(), Stopwatch()
 
-    def backward(output: torch.Tensor) -> None:
-        torch.autograd.grad(output, targets, grad_out)
+    def setup():
+        prepared = passes.prepare(pass_)
+        flush()
+        return prepared, {}
 
-    copy_gbps = copy_bandwidth["copy_gbps"]
-    reps = 1
-    if ON_GPU:
-        reps = max(1, min(MAX_REPS, math.ceil(TARGET_CALL_S * copy_gbps * 1e9 / max(nbytes[pass_], 1))))
-
-    def fwd(count: int = reps) -> None:
-        for _ in range(count):
-            forward()
+    def timed(*prepared: torch.Tensor) -> None:
+        with watch:
+            passes.run(pass_, *prepared)
         sync()
-
-    def fwdbwd(count: int = reps) -> None:
-        for _ in range(count):
-            backward(forward())
-        sync()
-
-    def bwd_setup(count: int = reps):
-        outputs = [forward() for _ in range(count)]
-        sync()
-        return (outputs,), {}
-
-    def bwd(outputs: list[torch.Tensor]) -> None:
-        while outputs:
-            backward(outputs.pop())
-        sync()
-
-    # Warm-up outside the timer (Triton autotuning, inductor compilation), then one call for peak memory.
-    if pass_ == "bwd":
-        bwd(*bwd_setup(1)[0])
-        (outputs,), _ = bwd_setup(1)
-        base = reset_peak()
-        bwd(outputs)
-    else:
-        target = fwd if pass_ == "fwd" else fwdbwd
-        target(1)
-        base = reset_peak()
-        target(1)
-    memory = peak_info(base)
 
     benchmark.group = f"{op}-{shape}-{DTYPE_NAME}-{pass_}"
-    if pass_ == "bwd":
-        benchmark.pedantic(bwd, setup=bwd_setup, rounds=ROUNDS, warmup_rounds=WARMUP)
-    else:
-        benchmark.pedantic(fwd if pass_ == "fwd" else fwdbwd, rounds=ROUNDS, warmup_rounds=WARMUP)
-
-    seconds = median_seconds(benchmark)
-    per_op = seconds / reps if seconds else None
-    gbps = nbytes[pass_] / per_op / 1e9 if per_op else None
-    pass_flops = (flops or {}).get(pass_)
+    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP)
+    timing = spread(watch.seconds()[-ROUNDS:])
+    wall = median_seconds(benchmark)
     benchmark.extra_info.update({"kind": "op", "op": op, "shape": shape, "pass": pass_, "provider": provider})
-    benchmark.extra_info.update(
-        reps=reps,
-        ms=per_op * 1e3 if per_op else None, bytes=nbytes[pass_], gbps=gbps, copy_gbps=copy_gbps,
-        frac_copy_bw=gbps / copy_gbps if gbps else None, flops=pass_flops,
-        tflops=pass_flops / per_op / 1e12 if per_op and pass_flops else None, **memory, **info,
-    )
+    benchmark.extra_info.update(op_figures(timing["ms"], pass_, nbytes, flops, copy_bandwidth["copy_gbps"]))
+    benchmark.extra_info.update(**timing, wall_ms=wall * 1e3 if wall else None, **timing_info(), **memory, **info)
     SESSION.setdefault("ops_timed", 0)
     SESSION["ops_timed"] += 1
+
+
+def op_figures(ms: float, pass_: str, nbytes: dict[str, int], flops: dict[str, int] | None,
+               copy_gbps: float) -> dict[str, Any]:
+    """Bytes, GB/s, fraction of the copy bandwidth, FLOPs and TFLOP/s of one pass taking ``ms``."""
+    seconds = ms / 1e3
+    gbps = nbytes[pass_] / seconds / 1e9 if seconds else None
+    pass_flops = (flops or {}).get(pass_)
+    return {"bytes": nbytes[pass_], "gbps": gbps, "copy_gbps": copy_gbps, "frac_copy_bw": gbps / copy_gbps if gbps
+            else None, "flops": pass_flops, "tflops": pass_flops / seconds / 1e12 if pass_flops and seconds else None}
 
 
 @functools.cache

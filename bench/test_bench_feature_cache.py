@@ -18,8 +18,8 @@ NUM_IMAGES, BATCH, IMAGE, NUM_CLASSES = (256, 32, 224, 100) if h.SIZE == "full" 
 
 
 def test_feature_cache_epochs(benchmark, tmp_path):
-    from hst_fast.feature_cache import FeatureCache
     from hst_fast import create_model
+    from hst_fast.feature_cache import FeatureCache
 
     torch.manual_seed(0)
     model = create_model(VIT_NAME, num_classes=NUM_CLASSES, backbone_grad="none").to(h.DEVICE).train()

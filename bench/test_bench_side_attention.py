@@ -40,23 +40,34 @@ def xformers_side_attention(x, kv, norm_weight, norm_bias, q_weight, q_bias, k_w
     return x + F.linear(out.reshape(batch, tokens, width), proj_weight, proj_bias)
 
 
+def shape_name(s: h.StageShape) -> str:
+    return f"{s.prefix}-d{s.dim}-keys{s.keys}"
+
+
+def info(s: h.StageShape) -> dict:
+    return s.info()
+
+
+def make_params(c: int) -> list:
+    """LN1 affine [C] and the q, k, v, proj Linear layers (weights [C, C], biases [C]), in the op's order."""
+    norm = [torch.ones(c, device=h.DEVICE, dtype=h.DTYPE, requires_grad=True), h.rand(c, scale=0.02)]
+    return norm + [t for _ in range(4) for t in (h.rand(c, c, scale=c**-0.5), h.rand(c, scale=0.02))]
+
+
+def make_args(s: h.StageShape) -> tuple:
+    """(x [B, N, C], kv [B, G+1, C], the 10 parameters, heads, eps)."""
+    return h.rand(s.batch, s.tokens, s.dim), h.rand(s.batch, s.keys, s.dim), *make_params(s.dim), s.heads, 1e-6
+
+
 @pytest.mark.parametrize("case", h.cases(SHAPES, PROVIDERS))
 def test_side_attention(benchmark, copy_bandwidth, case):
     s, pass_, provider = case
     fn = xformers_side_attention if provider == "xformers" else h.op_provider("side_attention", provider)
-    c = s.dim
-    x, kv = h.rand(s.batch, s.tokens, c), h.rand(s.batch, s.keys, c)
-    norm = [torch.ones(c, device=h.DEVICE, dtype=h.DTYPE, requires_grad=True), h.rand(c, scale=0.02)]
-    linears = [t for _ in range(4) for t in (h.rand(c, c, scale=c**-0.5), h.rand(c, scale=0.02))]
-    params = norm + linears
-
-    def forward():
-        return fn(x, kv, *params, s.heads, 1e-6)
-
+    args = make_args(s)
     try:
-        h.run_op(benchmark, copy_bandwidth, op="side_attention", provider=provider, pass_=pass_, forward=forward,
-                 grad_targets=[x, kv, *params], nbytes=byte_model(s), shape=f"{s.prefix}-d{s.dim}-keys{s.keys}",
-                 info=s.info())
+        h.run_op(benchmark, copy_bandwidth, op="side_attention", provider=provider, pass_=pass_,
+                 forward=lambda: fn(*args), grad_targets=h.grad_targets(args), nbytes=byte_model(s),
+                 shape=shape_name(s), info=info(s))
     except (ValueError, NotImplementedError) as error:  # xformers: no operator for these inputs (head width 6)
         if provider != "xformers":
             raise

@@ -30,15 +30,30 @@ def flop_model(s: h.StageShape) -> dict:
     return {"fwd": 16 * n * c * c, "bwd": 32 * n * c * c, "fwdbwd": 48 * n * c * c}
 
 
+def shape_name(s: h.StageShape) -> str:
+    return f"{s.prefix}-d{s.dim}"
+
+
+def info(s: h.StageShape) -> dict:
+    return s.info()
+
+
+def make_params(c: int) -> list:
+    """LN2 affine [C], FC1 [4C, C] + [4C], FC2 [C, 4C] + [C], in the op's order."""
+    return [torch.ones(c, device=h.DEVICE, dtype=h.DTYPE, requires_grad=True), h.rand(c, scale=0.02),
+            h.rand(4 * c, c, scale=c**-0.5), h.rand(4 * c, scale=0.02),
+            h.rand(c, 4 * c, scale=(4 * c) ** -0.5), h.rand(c, scale=0.02)]
+
+
+def make_args(s: h.StageShape) -> tuple:
+    """(x [B, N, C], the 6 parameters, eps)."""
+    return h.rand(s.batch, s.tokens, s.dim), *make_params(s.dim), 1e-6
+
+
 @pytest.mark.parametrize("case", h.cases(SHAPES))
 def test_side_ffn(benchmark, copy_bandwidth, case):
     s, pass_, provider = case
-    fn = h.op_provider("side_ffn", provider)
-    c = s.dim
-    x = h.rand(s.batch, s.tokens, c)
-    params = [torch.ones(c, device=h.DEVICE, dtype=h.DTYPE, requires_grad=True), h.rand(c, scale=0.02),
-              h.rand(4 * c, c, scale=c**-0.5), h.rand(4 * c, scale=0.02),
-              h.rand(c, 4 * c, scale=(4 * c) ** -0.5), h.rand(c, scale=0.02)]
-    h.run_op(benchmark, copy_bandwidth, op="side_ffn", provider=provider, pass_=pass_,
-             forward=lambda: fn(x, *params, 1e-6), grad_targets=[x, *params], nbytes=byte_model(s),
-             flops=flop_model(s), shape=f"{s.prefix}-d{s.dim}", info=s.info())
+    fn, args = h.op_provider("side_ffn", provider), make_args(s)
+    h.run_op(benchmark, copy_bandwidth, op="side_ffn", provider=provider, pass_=pass_, forward=lambda: fn(*args),
+             grad_targets=h.grad_targets(args), nbytes=byte_model(s), flops=flop_model(s), shape=shape_name(s),
+             info=info(s))

@@ -72,15 +72,15 @@ def loss_fn(model: torch.nn.Module, task: str, mode: str, images: torch.Tensor, 
     return sum(tokens.float().mean() for tokens, _ in stages)
 
 
-@pytest.mark.parametrize("case", _cases())
-def test_train_step(benchmark, case, tmp_path):
-    task, batch, image, mode = case
+def make_step(task: str, mode: str, batch: int, image: int, cache_dir=None):
+    """(step, info): ``step()`` runs one synchronized training step of ``mode`` on fixed random inputs; info has
+    the model name, batch, image, trainable and total parameters."""
     model = build(task, mode)
     cache = None
     if mode == "frozen_cache":
         from hst_fast.feature_cache import FeatureCache
 
-        cache = FeatureCache(tmp_path, model, dtype=torch.bfloat16 if h.DTYPE == torch.bfloat16 else torch.float16)
+        cache = FeatureCache(cache_dir, model, dtype=torch.bfloat16 if h.DTYPE == torch.bfloat16 else torch.float16)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, **({"fused": True} if h.ON_GPU else {}))
     images = torch.randn(batch, 3, image, image, device=h.DEVICE)
@@ -95,6 +95,15 @@ def test_train_step(benchmark, case, tmp_path):
         optimizer.step()
         h.sync()
 
+    info = dict(model=VIT_NAME, batch=batch, image=image, dtype=h.DTYPE_NAME, trainable_params=sum(
+        p.numel() for p in params), total_params=sum(p.numel() for p in model.parameters()))
+    return step, info
+
+
+@pytest.mark.parametrize("case", _cases())
+def test_train_step(benchmark, case, tmp_path):
+    task, batch, image, mode = case
+    step, info = make_step(task, mode, batch, image, tmp_path)
     step()  # Triton autotuning, optimizer state allocation
     base = h.reset_peak()
     step()
@@ -105,7 +114,5 @@ def test_train_step(benchmark, case, tmp_path):
     seconds = h.median_seconds(benchmark)
     benchmark.extra_info.update({"kind": "train_step", "config": task, "mode": mode, "provider": mode})
     benchmark.extra_info.update(
-        model=VIT_NAME, batch=batch, image=image, dtype=h.DTYPE_NAME, ms=seconds * 1e3 if seconds else None,
-        img_per_s=batch / seconds if seconds else None, trainable_params=sum(p.numel() for p in params),
-        total_params=sum(p.numel() for p in model.parameters()), **memory,
+        ms=seconds * 1e3 if seconds else None, img_per_s=batch / seconds if seconds else None, **info, **memory
     )
