@@ -8,13 +8,22 @@
   interpreter, which needs ``TRITON_INTERPRET=1`` in the environment before ``hst_fast.kernels``
   is first imported (tests do this).
 - ``'auto'``: Triton on CUDA tensors, the reference elsewhere and for inputs a kernel does not
-  handle (each kernel raises ``UnsupportedInput`` for those before doing any work).
+  handle (each kernel raises ``UnsupportedInput`` for those before doing any work). Where a
+  dispatch table measured on this GPU model gives an (op, width) to the reference, that width
+  runs the reference on CUDA too (``load_dispatch``).
+
+The dispatch table (``bench/results/dispatch.json`` of the checkout, or ``$HST_DISPATCH_TABLE``) is
+written by ``python -m bench.gpu_check`` from its timings: per GPU name, op and width ``x.shape[-1]``,
+``"triton"`` where the kernel's forward + backward measured faster than the reference, ``"torch"``
+where not. It is optional: without it, or for a GPU or width it does not list, 'auto' uses Triton.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -23,6 +32,10 @@ from hst_fast.kernels import reference
 from hst_fast.recompute import lean_ops
 
 OP_NAMES = ("layer_norm", "side_attention", "side_ffn", "fg_injection")
+
+DISPATCH_FORMAT = "hst_fast dispatch table v1"
+DISPATCH_TABLE_ENV = "HST_DISPATCH_TABLE"
+DEFAULT_DISPATCH_TABLE = Path(__file__).resolve().parents[1] / "bench" / "results" / "dispatch.json"
 
 
 @dataclass(frozen=True)
@@ -74,12 +87,37 @@ def triton_ops() -> KernelOps:
     return KernelOps("triton", **{op: _autocast_aware(fn) for op, fn in kernels.items()})
 
 
-def _auto(kernel: Callable[..., torch.Tensor], fallback: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Runs ``kernel`` on CUDA inputs it supports, ``fallback`` otherwise."""
+def load_dispatch(device_name: Callable[[], str], path: Optional[Path] = None) -> Dict[str, Dict[int, bool]]:
+    """{op: {width: True for Triton, False for the reference}} of the dispatch table at ``path`` (default
+    ``$HST_DISPATCH_TABLE``, else ``DEFAULT_DISPATCH_TABLE``) for the GPU named ``device_name()`` (called only if
+    the table exists, so no table never initializes CUDA). {} without a table or an entry for that GPU; raises
+    ``ValueError`` for a malformed table."""
+    path = Path(path or os.environ.get(DISPATCH_TABLE_ENV) or DEFAULT_DISPATCH_TABLE)
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        if table.get("format") != DISPATCH_FORMAT:
+            raise ValueError(f"format is {table.get('format')!r}, expected {DISPATCH_FORMAT!r}")
+        entry = table["devices"].get(device_name(), {"ops": {}})
+        widths = {op: {int(width): choice for width, choice in entry["ops"].get(op, {}).items()} for op in OP_NAMES}
+        bad = {(op, w, c) for op, ws in widths.items() for w, c in ws.items() if c not in ("triton", "torch")}
+        if bad:
+            raise ValueError(f"choices must be 'triton' or 'torch', got {sorted(bad)}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"malformed kernel dispatch table {path}: {error!r}") from error
+    return {op: {w: c == "triton" for w, c in ws.items()} for op, ws in widths.items() if ws}
+
+
+def _auto(
+    kernel: Callable[..., torch.Tensor], fallback: Callable[..., torch.Tensor], use_triton: Mapping[int, bool]
+) -> Callable[..., torch.Tensor]:
+    """Runs ``kernel`` on CUDA inputs it supports unless ``use_triton`` (width ``x.shape[-1]`` -> bool, from the
+    dispatch table) says False for their width; ``fallback`` otherwise."""
     from hst_fast.kernels._compat import UnsupportedInput
 
     def dispatch(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if x.is_cuda:
+        if x.is_cuda and use_triton.get(x.shape[-1], True):
             try:
                 return kernel(x, *args, **kwargs)
             except UnsupportedInput:
@@ -104,4 +142,6 @@ def resolve_ops(backend: str) -> KernelOps:
     kernels, refs = triton_ops(), lean_ops(reference_ops())  # fallbacks keep only their inputs for backward
     if backend == "triton":
         return kernels
-    return KernelOps("auto", **{op: _auto(getattr(kernels, op), getattr(refs, op)) for op in OP_NAMES})
+    table = load_dispatch(torch.cuda.get_device_name)
+    auto = {op: _auto(getattr(kernels, op), getattr(refs, op), table.get(op, {})) for op in OP_NAMES}
+    return KernelOps("auto", **auto)
