@@ -413,7 +413,8 @@ def run_op(
 
     nbytes / flops: {pass: bytes that must move / model FLOPs} from the op's byte model. Each round is one call,
     the L2 cache flushed in the untimed set-up before it; ``ms`` and its spread are the device time of the calls
-    (``Stopwatch``), ``wall_ms`` is pytest-benchmark's median, which adds the host's launch and synchronization.
+    (``Stopwatch``). pytest-benchmark's own statistics are wall-clock rounds: they also hold the host's wait for the
+    set-up's device work (the flush; bwd: the forward) and the synchronization.
     """
     try:
         passes = OpPasses(forward, grad_targets)
@@ -435,10 +436,9 @@ def run_op(
     benchmark.group = f"{op}-{shape}-{DTYPE_NAME}-{pass_}"
     benchmark.pedantic(timed, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP)
     timing = spread(watch.seconds()[-ROUNDS:])
-    wall = median_seconds(benchmark)
     benchmark.extra_info.update({"kind": "op", "op": op, "shape": shape, "pass": pass_, "provider": provider})
     benchmark.extra_info.update(op_figures(timing["ms"], pass_, nbytes, flops, copy_bandwidth["copy_gbps"]))
-    benchmark.extra_info.update(**timing, wall_ms=wall * 1e3 if wall else None, **timing_info(), **memory, **info)
+    benchmark.extra_info.update(**timing, **timing_info(), **memory, **info)
     SESSION.setdefault("ops_timed", 0)
     SESSION["ops_timed"] += 1
 
