@@ -14,8 +14,8 @@ $(STAMP): setup.py $(CONSTRAINTS) scripts/build_mmcv.sh
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<82" wheel
 	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
 	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]" mmengine
-	$(PIP) install -q -c $(CONSTRAINTS) "$$(scripts/build_mmcv.sh $(PYTHON))" mmdet
-	$(PYTHON) -c "import torch, torchvision, timm, triton, mmcv, mmdet, hst_fast.kernels; from mmcv.ops import RoIAlign, nms"
+	$(PIP) install -q -c $(CONSTRAINTS) "$$(scripts/build_mmcv.sh $(PYTHON))" mmdet mmsegmentation ftfy regex
+	$(PYTHON) -c "import torch, torchvision, timm, triton, mmcv, mmdet, mmseg.apis, hst_fast.kernels; from mmcv.ops import RoIAlign, nms"
 	touch $(STAMP)
 
 demo: install

@@ -49,10 +49,12 @@ def check_overrides(owner: str, overrides: Dict[str, Any]) -> None:
             )
 
 
-def pretrained_path(owner: str, pretrained: Optional[str], init_cfg: Optional[dict]) -> Optional[str]:
+def pretrained_path(owner: str, pretrained: Optional[str], init_cfg: Optional[dict],
+                    must_exist: bool = True) -> Optional[str]:
     """The local ViT checkpoint from ``pretrained=`` or ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
-    Raises ``FileNotFoundError`` (naming the path and how to change it) when the file does not exist.
+    Raises ``FileNotFoundError`` (naming the path and how to change it) when ``must_exist`` and the file
+    does not exist.
     """
     if init_cfg is not None:
         if not isinstance(init_cfg, dict) or init_cfg.get("type") != "Pretrained" or set(init_cfg) - {"type",
@@ -68,7 +70,7 @@ def pretrained_path(owner: str, pretrained: Optional[str], init_cfg: Optional[di
     if pretrained is None:
         return None
     pretrained = os.path.expanduser(os.fspath(pretrained))
-    if not os.path.isfile(pretrained):
+    if must_exist and not os.path.isfile(pretrained):
         raise FileNotFoundError(
             f"{owner}: pretrained ViT checkpoint not found: {pretrained!r} (absolute: {os.path.abspath(pretrained)}). "
             "Download the timm weights (.safetensors/.pth/.npz) for the ViT and point the config at them, e.g. "

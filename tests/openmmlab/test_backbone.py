@@ -118,8 +118,9 @@ def test_pretrained_from_init_cfg(tmp_path):
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path):
     missing = tmp_path / "nope" / "ViT-B_16.npz"
+    backbone = tiny_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(missing)))  # read by init_weights only
     with pytest.raises(FileNotFoundError, match=r"pretrained ViT checkpoint not found.*init_cfg.checkpoint=PATH"):
-        tiny_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(missing)))
+        backbone.init_weights()
 
 
 @pytest.mark.parametrize("kwargs, message", [
