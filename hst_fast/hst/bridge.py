@@ -57,5 +57,6 @@ class Bridge(nn.Linear):
     ) -> BridgeOutput:
         """meta: [B, G, D] M_k; patches: [B, Hv, Wv, D] P_k; out_hw: the stage grid (H_s, W_s)."""
         fg = F.linear(patches, self.weight, self.bias)
+        meta = meta.contiguous()  # a view (frozen mode's class token) would keep the whole block output for backward
         kv = torch.cat([meta_norm(F.linear(meta, self.weight, self.bias)), global_token(fg, out_hw)], dim=1)
         return BridgeOutput(kv, fg)
