@@ -45,6 +45,9 @@ def results(tmp_path):
             _op("reference", 9.0), _op("compile", 4.0), _op("triton", 2.0, frac=0.85),
             _op("reference", 1.0, op="layer_norm", shape="cls-s1-B128-N3136-C32", pass_="fwd"),
             _op("triton", 0.25, op="layer_norm", shape="cls-s1-B128-N3136-C32", pass_="fwd", frac=0.7),
+            # compute-bound side FFN widths are judged by TFLOP/s, never by copy bandwidth
+            _op("triton", 0.5, op="side_ffn", shape="det-s3-B2-N4096-d256", pass_="fwd", frac=0.3),
+            _op("triton", 0.5, op="side_ffn", shape="det-s1-B2-N65536-d64", pass_="fwd", frac=0.9),
             _train("reference", 400.0, 20000.0), _train("faithful", 180.0, 9000.0), _train("frozen", 90.0, 3000.0),
             {"name": "test_unrelated", "stats": {"median": 1.0}, "extra_info": {}},
         ],
@@ -73,8 +76,9 @@ def test_goals(results):
     assert status["side_attention (Triton) >= 80% of copy bandwidth"][1] == "no data"
     assert status["side block fwd+bwd (Triton) >= 3x eager"][1] == "met"
     assert status["side block fwd+bwd (Triton) >= 1.5x torch.compile"][1] == "met"
-    assert status["train step faithful >= 2x reference at <= 50% of its memory"][1] == "met"
-    assert status["train step frozen >= 4x reference at <= 20% of its memory"][1] == "met"
+    assert status["side_ffn (Triton) >= 80% of copy bandwidth"][1] == "met"  # d256 excluded, d64 at 90%
+    assert status["train step faithful >= 2x reference at <= 35% of its memory"][1] == "missed"  # 45% of memory
+    assert status["train step frozen >= 4x reference at <= 15% of its memory"][1] == "met"
 
 
 def test_markdown_table(results):
