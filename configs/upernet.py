@@ -102,7 +102,11 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3),
+    checkpoint=dict(type='ResumableCheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
 custom_hooks = [dict(type='AdapterCheckpointHook')]
+# Under torchrun every BatchNorm normalizes by the whole distributed batch: the side stem's BatchNorm2d as well as the
+# heads' (SyncBN in the base), so N processes of batch 2 train what one process of batch 2N would. Ignored by a
+# one-process run.
+sync_bn = 'torch'

@@ -86,6 +86,7 @@ def evaluate(argv: Optional[List[str]] = None) -> None:
     try:
         runner = build_runner(cfg)
         if adapter:
+            runner._init_model_weights()  # the config's pretrained ViT, which HSTViT reads in init_weights only
             load_task_adapter(runner.model, adapter)
             print_log(f"adapter loaded from {adapter} onto the config's ViT", logger="current")
         runner.test()

@@ -82,9 +82,9 @@ class HSTViT(BaseModule):
                 raise ValueError(
                     f"the checkpoint holds {type(self).__name__}'s trained weights ({prefix}*) but not "
                     f"{len(missing)} of its ViT tensors (e.g. {missing[0]}): loading it would leave a randomly "
-                    "initialized ViT. Use a full checkpoint written by hst_fast.train (it holds the ViT), or load "
-                    "the adapter/ folder with hst_fast.openmmlab.load_task_adapter onto a model whose pretrained "
-                    "ViT is loaded (model.init_weights())."
+                    "initialized ViT. Use a full checkpoint written by hst_fast.train (it holds the ViT), or its "
+                    "adapter/ folder on the pretrained ViT (python -m hst_fast.test CONFIG WORK_DIR/adapter; in "
+                    "Python: model.init_weights(), then hst_fast.openmmlab.load_task_adapter)."
                 )
         super()._load_from_state_dict(state_dict, prefix, *args)
 

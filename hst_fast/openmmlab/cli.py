@@ -31,6 +31,8 @@ INPUT_CHECKS = {
     "hst_fast.openmmlab.checks": (FileNotFoundError, ValueError),
     "hst_fast.openmmlab.cli": (FileNotFoundError,),
     "hst_fast.openmmlab.model_args": (FileNotFoundError, TypeError, ValueError),
+    "hst_fast.openmmlab.backbone": (ValueError,),  # a checkpoint without the ViT, images the config did not pad
+    "hst_fast.openmmlab.seg_data": (ValueError,),  # label values outside the classes (CheckSegLabels)
     "hst_fast.openmmlab.feature_cache_checks": (TypeError, ValueError),
     "hst_fast.vit.inputs": (ValueError,),  # image batches of the wrong shape, dtype or size
     "hst_fast.vit.build": (FileNotFoundError, KeyError, RuntimeError, ValueError),  # pretrained file vs model
