@@ -1,12 +1,16 @@
 # The configs/upernet.py pipeline end to end on 2 CPU cores in minutes, no download: UperNet + FCN auxiliary head on
 # an HST backbone (the same side network preset) over a small, randomly initialized ViT, trained and evaluated
-# (slide inference, mIoU through mmseg's IoUMetric) on a generated ADE20K-format set: coloured rectangles, ellipses
-# and triangles on textured backgrounds of varied colour, with per-pixel label PNGs in ADE20K's layout and encoding.
+# (slide inference, mIoU through mmseg's IoUMetric) on a generated ADE20K-format set: red rectangles, blue ellipses
+# and green triangles (colours jittered) on textured backgrounds of varied dim colour, with per-pixel label PNGs in
+# ADE20K's layout and encoding.
 # What it shows: data -> HSTViT -> UperNet -> losses, learning (mIoU against the majority-class mIoU that the
 # validation dataset logs when it is built), checkpoints + adapter/, resume, evaluation, drawn predictions.
+# Measured (`time OMP_NUM_THREADS=1 python -m hst_fast.train configs/upernet_demo.py`, shared 2-core machine):
+# 2 min 47 s wall at load average 4-5 (4 min 22 s at 7), + 1 s to generate the data on first use; validation
+# mIoU 88.99 (background 97.7, rectangle 92.7, ellipse 93.5, triangle 72.1) against 20.28 for the majority class.
 #
 #   python -m hst_fast.train configs/upernet_demo.py
-#   python -m hst_fast.test configs/upernet_demo.py work_dirs/upernet_demo/iter_600.pth --show-dir vis
+#   python -m hst_fast.test configs/upernet_demo.py work_dirs/upernet_demo/iter_300.pth --show-dir vis
 #
 # Everything that differs from configs/upernet.py is there to make it small and fast: 128 px images and 96 px
 # crops, a 4-block ViT (no pretrained file), narrow decode heads, no photometric jitter and a short schedule.
@@ -33,7 +37,7 @@ model = dict(
         vit_name='vit_tiny_patch16_224',
         depth=4,
         init_cfg=None),
-    # 64 channels instead of 512 (UperNet) and 256 (FCN): 4 classes on 96 px crops.
+    # 32 channels instead of 512 (UperNet) and 256 (FCN): 4 classes on 96 px crops.
     decode_head=dict(channels=32, num_classes=num_classes, norm_cfg=norm_cfg),
     auxiliary_head=dict(channels=32, num_classes=num_classes, norm_cfg=norm_cfg),
     # Slide windows of the crop size with a 2/3 stride, as upernet.py's 512/341.
