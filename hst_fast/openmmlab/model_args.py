@@ -7,16 +7,17 @@ import os
 from typing import Any, Dict, Optional
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 import hst_fast
 from hst_fast.baselines.config import OPTION_KEYS as BASELINE_OPTION_KEYS
 from hst_fast.hst.config import OVERRIDE_KEYS
+from hst_fast.vit.families import FAMILIES
 from hst_fast.vit.peft import trainable_summary
 
 # What ``create_model(**overrides)`` accepts besides the arguments named here: its other keyword
 # arguments, the HST overrides, and keyword arguments of timm's ViT.
-TIMM_VIT_KEYS = tuple(p for p in inspect.signature(VisionTransformer.__init__).parameters if p != "self")
+TIMM_VIT_KEYS = tuple(dict.fromkeys(  # every supported family's timm class (ViT, Eva, SAM)
+    p for family in FAMILIES for p in inspect.signature(family.vit_class.__init__).parameters if p != "self"))
 CREATE_MODEL_KEYS = tuple(
     name for name, p in inspect.signature(hst_fast.create_model).parameters.items()
     if p.kind is inspect.Parameter.KEYWORD_ONLY or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name not in (
