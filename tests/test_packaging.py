@@ -13,6 +13,6 @@ def test_wheel_maps_kernels_into_hst_fast(tmp_path):
     (wheel,) = tmp_path.glob("hst_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hst_fast/kernels/side_attention.py" in names and "hst_fast/kernels/reference.py" in names
-    assert "hst_fast/det/__init__.py" in names and "hst_fast/baselines/__init__.py" in names
+    assert "hst_fast/openmmlab/__init__.py" in names and "hst_fast/baselines/__init__.py" in names
     top_level = {name.split("/")[0] for name in names}
     assert "kernels" not in top_level, "a top-level 'kernels' package would shadow another registry package"
