@@ -4,19 +4,22 @@ message that says what to change.
 - ``check_config_keys``: mmengine's Runner reads a fixed set of top-level keys and silently ignores
   the rest, so a typo (``optim_wraper``), an mmdet 2.x key (``optimizer``, ``lr_config``) or a
   ``--cfg-options`` override of a variable only read while the file is parsed (``data_root``) would
-  otherwise train with settings nobody asked for.
+  otherwise train with settings nobody asked for. The keys of ``train_cfg`` / ``val_cfg`` / ``test_cfg``
+  are checked against the loop class they build (``max_epoch`` would otherwise fail deep in the Runner).
 - ``check_data_paths``: annotation files and image folders of the dataloaders and evaluators exist.
 - ``check_checkpoint``: a checkpoint given to ``--resume`` / the test driver exists and torch can read it.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
 import os.path as osp
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
-from mmengine.registry import DATASETS
+from mmengine.registry import DATASETS, LOOPS
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, TestLoop, ValLoop
 
 # Top-level keys that mmengine's Runner (``Runner.from_cfg``, ``wrap_model``, ``_maybe_compile``...) reads.
 RUNNER_KEYS = (
@@ -104,8 +107,40 @@ def check_config_keys(cfg: Config, cfg_options: Optional[Dict] = None) -> None:
                 f"{key!r} holds a component config but no part of the Runner reads a top-level {key!r}; "
                 f"known keys are {', '.join(RUNNER_KEYS)}."
             )
+    problems += _loop_key_problems(cfg)
     if problems:
         raise ConfigError("config " + str(cfg.filename) + ":\n  " + "\n  ".join(problems))
+
+
+def _loop_class(cfg: Config, key: str, loop: dict):
+    """The loop class the Runner builds from ``cfg[key]``: its ``type``, or mmengine's default for the key."""
+    if "type" in loop:
+        if not isinstance(loop["type"], str):
+            return loop["type"]
+        with LOOPS.switch_scope_and_registry(cfg.get("default_scope")) as registry:
+            return registry.get(loop["type"])
+    if key == "train_cfg":
+        return EpochBasedTrainLoop if loop.get("by_epoch", True) else IterBasedTrainLoop
+    return ValLoop if key == "val_cfg" else TestLoop
+
+
+def _loop_key_problems(cfg: Config) -> List[str]:
+    """Keys of ``train_cfg`` / ``val_cfg`` / ``test_cfg`` that their loop class does not take."""
+    problems = []
+    for key in ("train_cfg", "val_cfg", "test_cfg"):
+        loop = cfg.get(key)
+        cls = _loop_class(cfg, key, loop) if isinstance(loop, dict) else None
+        if cls is None:  # not a dict, or a type nothing registered: the Runner's build reports it
+            continue
+        parameters = inspect.signature(cls).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        accepted = set(parameters) - {"runner", "dataloader", "evaluator"} | {"type", "by_epoch"}
+        for name in sorted(k for k in set(loop) - accepted if not k.startswith("_")):  # `_scope_` of base files
+            close = difflib.get_close_matches(name, sorted(accepted), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {sorted(accepted)}"
+            problems.append(f"{key}.{name}: {cls.__name__} takes no {name!r}{hint}")
+    return problems
 
 
 def _leaf_datasets(dataset) -> Iterator[dict]:

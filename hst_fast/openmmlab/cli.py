@@ -108,8 +108,9 @@ def load_config(path: str, launcher: str, cfg_options: Optional[dict], work_dir:
         raise FileNotFoundError(f"config file not found: {path} (absolute: {osp.abspath(path)})")
     try:
         cfg = Config.fromfile(path)
-    except SyntaxError as err:
-        raise ConfigError(f"{err.filename}:{err.lineno}: {err.msg}: {(err.text or '').strip()}") from err
+    except SyntaxError as err:  # mmengine parses the text: the file name is lost unless it is a base file's
+        where = err.filename if err.filename not in (None, "<unknown>") else path
+        raise ConfigError(f"{where}:{err.lineno}: {err.msg}: {(err.text or '').strip()}") from err
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(cfg_options)

@@ -146,7 +146,8 @@ def setup_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
     if not dist.is_initialized():
         if "RANK" not in os.environ:
-            raise RuntimeError("--launcher pytorch expects torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR...)")
+            raise ConfigError("--launcher pytorch expects torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR...): "
+                              "start it with torchrun --nproc_per_node N -m hst_fast.train ...")
         dist.init_process_group(backend="gloo")
 
 

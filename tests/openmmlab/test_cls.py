@@ -67,10 +67,11 @@ def test_runs_started_in_the_same_second_keep_their_own_logs(tmp_path, monkeypat
     assert list((tmp_path / "test").glob("*/vis_data/config.py")), "the test run's visualizer is another run's"
 
 
-# Measured (OMP_NUM_THREADS=1) with this recipe, top-1 on the 150 held-out images for randomness seeds 0..4:
-# see MIN_TOP1's comment. Chance is 33%; before the demo's recipe was fixed it learned nothing at this size.
+# The demo's recipe on 1500 images for 3 epochs (~12 s of CPU). Measured top-1 on the 150 held-out images for
+# randomness seeds 0..4: 70.7, 68.7, 64.0, 76.7, 68.0 (the config's seed 42: 70.0); 1000 images gave 57.3-64.0.
+# Chance is 33%; a side network that stops learning stays near it.
 LEARNING = dict(num_train=1500, num_test=150, batch_size=32, max_epochs=3)
-MIN_TOP1 = 60.0
+MIN_TOP1 = 55.0
 
 
 def test_cls_demo_recipe_learns(tmp_path):

@@ -10,10 +10,11 @@ pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not install
 pytest.importorskip("mmcv.ops", reason="mmcv was built without its compiled ops")
 
 from det_helpers import CONFIGS, as_cli, one_torch_thread, tiny_det_options  # noqa: E402,F401
+from mmengine.config import Config  # noqa: E402
 
 from hst_fast import train as train_driver  # noqa: E402
 from hst_fast.data import VTABDataset, make_shapes_vtab  # noqa: E402
-from hst_fast.openmmlab.checks import ConfigError  # noqa: E402
+from hst_fast.openmmlab.checks import ConfigError, check_config_keys  # noqa: E402
 
 
 def test_cascade_without_coco_stops_at_once_naming_paths_options_and_demo(tmp_path, monkeypatch):
@@ -90,3 +91,18 @@ def test_classifier_input_size_not_a_multiple_of_32(tmp_path):
                "model.kernel_backend": "torch"}
     with pytest.raises(ValueError, match=r"image size 48x48 is not supported: height and width must be multiples"):
         train_driver.train([str(CONFIGS / "cls_demo.py"), "--work-dir", str(tmp_path / "w"), *as_cli(options)])
+
+
+def test_loop_config_typo(tmp_path):
+    with pytest.raises(ConfigError, match=r"train_cfg.max_epoch: EpochBasedTrainLoop takes no 'max_epoch'; did you "
+                                          r"mean 'max_epochs'\?"):
+        train_driver.train([str(CONFIGS / "cls_demo.py"), "--work-dir", str(tmp_path), "--cfg-options",
+                            "train_cfg.max_epoch=1"])
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py")
+                                          if not p.name.startswith("_")))
+def test_shipped_configs_pass_the_key_checks(config):
+    if config.startswith(("upernet", "baselines/upernet")):
+        pytest.importorskip("mmseg", reason="mmseg configs need mmseg")
+    check_config_keys(Config.fromfile(str(CONFIGS / config)))

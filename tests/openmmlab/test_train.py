@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,18 +11,17 @@ import torch
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 pytest.importorskip("mmcv.ops", reason="mmcv was built without its compiled ops")
 
-from det_helpers import CONFIGS, as_cli, one_torch_thread, tiny_det_options  # noqa: E402,F401
+from det_helpers import (  # noqa: E402,F401  (one_torch_thread: an autouse fixture)
+    CONFIGS,
+    TINY_DET_MODEL,
+    as_cli,
+    latest_log,
+    one_torch_thread,
+    tiny_det_options,
+)
 
 from hst_fast import test as test_driver  # noqa: E402
 from hst_fast import train as train_driver  # noqa: E402
-
-# Smaller than the demo's ViT-Ti, torch kernels (CPU).
-TINY_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3, "model.backbone.kernel_backend": "torch"}
-
-
-def latest_log(work_dir: Path) -> str:
-    logs = sorted(work_dir.glob("*/*.log"))
-    return logs[-1].read_text()
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +29,12 @@ def trained(tmp_path_factory):
     """Two epochs of the tiny demo (4 iterations each), then one more epoch resumed from the checkpoint."""
     root = tmp_path_factory.mktemp("det")
     work_dir, data_root = root / "work", root / "shapes"
-    options = {**tiny_det_options(data_root, max_epochs=2), **TINY_MODEL}
-    train_driver.main([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(work_dir), *as_cli(options)])
+    options = {**tiny_det_options(data_root, max_epochs=2), **TINY_DET_MODEL}
+    train_driver.train([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(work_dir), *as_cli(options)])
     first_log = latest_log(work_dir)
     options["train_cfg.max_epochs"] = 3
     options["train_cfg.val_interval"] = 3
-    train_driver.main([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(work_dir), "--resume", *as_cli(options)])
+    train_driver.train([str(CONFIGS / "cascade_demo.py"), "--work-dir", str(work_dir), "--resume", *as_cli(options)])
     return dict(work_dir=work_dir, data_root=data_root, options=options, first_log=first_log,
                 resumed_log=latest_log(work_dir))
 
@@ -95,9 +93,9 @@ def test_adapter_restores_the_trained_model(trained):
 
 def test_test_driver_evaluates_and_draws(trained, tmp_path):
     show_dir = tmp_path / "vis"
-    test_driver.main([str(CONFIGS / "cascade_demo.py"), str(trained["work_dir"] / "epoch_3.pth"),
-                      "--work-dir", str(tmp_path / "test"), "--show-dir", str(show_dir), "--score-thr", "0.05",
-                      *as_cli(trained["options"])])
+    test_driver.evaluate([str(CONFIGS / "cascade_demo.py"), str(trained["work_dir"] / "epoch_3.pth"),
+                          "--work-dir", str(tmp_path / "test"), "--show-dir", str(show_dir), "--score-thr", "0.05",
+                          *as_cli(trained["options"])])
     assert len(list(show_dir.glob("*.png"))) == 4
     assert "coco/segm_mAP" in latest_log(tmp_path / "test")
 
@@ -108,7 +106,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     import subprocess
     import sys
 
-    options = {**tiny_det_options(tmp_path / "shapes", max_epochs=1), **TINY_MODEL}
+    options = {**tiny_det_options(tmp_path / "shapes", max_epochs=1), **TINY_DET_MODEL}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                "-m", "hst_fast.train", str(CONFIGS / "cascade_demo.py"), "--launcher", "pytorch",
                "--work-dir", str(tmp_path / "work"), *as_cli(options)]
