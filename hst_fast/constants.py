@@ -19,3 +19,4 @@ STRIDE = STAGE_STRIDES[-1]  # the coarsest side stage: images must be multiples 
 KERNEL_BACKENDS: Tuple[str, ...] = ("auto", "triton", "torch")  # hst_fast.backend.resolve_ops
 ATTN_BACKENDS: Tuple[str, ...] = ("sdpa", "xformers", "eager")  # how the ViT blocks compute attention
 BACKBONE_GRADS: Tuple[str, ...] = ("full", "none")  # paper-faithful (MetaT + LN-tuning) | frozen streaming
+GRAD_CHECKPOINTING: Tuple[Any, ...] = (False, "mlp", True)  # faithful ViT recompute: none | LN2+fc1+GELU | blocks

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from hst_fast.backend import KernelOps
-from hst_fast.constants import ATTN_BACKENDS, STRIDE
+from hst_fast.constants import ATTN_BACKENDS, GRAD_CHECKPOINTING, STRIDE
 from hst_fast.hst import official
 from hst_fast.hst.block_features import BlockFeatures
 from hst_fast.hst.config import HSTConfig
@@ -41,9 +41,12 @@ class HST(TrainableSubsetMixin, nn.Module):
     ):
         """vit: a timm ViT of a supported family built by ``hst_fast.vit.build.build_vit`` (its final norm and head
         are unused); config: architecture; ops: the kernel backend (``hst_fast.backend.resolve_ops``); attn_backend:
-        'sdpa' | 'xformers' | 'eager' for the ViT blocks; grad_checkpointing: recompute each ViT block in backward
-        (faithful mode)."""
+        'sdpa' | 'xformers' | 'eager' for the ViT blocks; grad_checkpointing: what of each ViT block to recompute in
+        backward instead of keeping (faithful mode): False nothing, 'mlp' its LN2 + fc1 + GELU
+        (``hst_fast.vit.lean_block``), True all of it."""
         super().__init__()
+        if grad_checkpointing not in GRAD_CHECKPOINTING:
+            raise ValueError(f"grad_checkpointing must be one of {GRAD_CHECKPOINTING}, got {grad_checkpointing!r}")
         self.family = family_of(vit)
         self.family.check(vit)
         self.config = config
@@ -62,11 +65,12 @@ class HST(TrainableSubsetMixin, nn.Module):
         set_attn_backend(vit, attn_backend)
         if self.faithful:
             apply_ln_tuning(vit, self.family, ops)
-            if not grad_checkpointing:  # a checkpointed block recomputes its MLP anyway
+            if grad_checkpointing == "mlp":
                 use_lean_blocks(vit)
         self.meta_tokens = create_meta_tokens(len(vit.blocks) if self.faithful else 0, config.num_meta_tokens,
                                               vit.embed_dim)
-        self.trunk = (FaithfulTrunk(vit, self.family, self.meta_tokens, grad_checkpointing) if self.faithful
+        checkpoint_blocks = bool(grad_checkpointing) and grad_checkpointing != "mlp"
+        self.trunk = (FaithfulTrunk(vit, self.family, self.meta_tokens, checkpoint_blocks) if self.faithful
                       else FrozenTrunk(vit, self.family))
         self.side_stages = build_side_stages(
             vit.embed_dim, config.side_dims, config.side_heads, [len(r) for r in self.stage_blocks],
