@@ -100,3 +100,7 @@ optim_wrapper = dict(optimizer=dict(lr=2e-4))
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=max_epochs))
 env_cfg = dict(mp_cfg=dict(mp_start_method='fork'))
 randomness = dict(seed=0)
+# Under torchrun, the side stem's BatchNorm2d normalizes by the statistics of the whole distributed batch
+# (hst_fast.openmmlab.dist: GlooSyncBatchNorm on CPU), as one process with the total batch would. Ignored by a
+# one-process run.
+sync_bn = 'torch'

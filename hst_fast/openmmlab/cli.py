@@ -88,17 +88,22 @@ def run_command(prog: str, run: Callable[[List[str]], None], argv: Optional[List
 
 
 def silence_third_party_warnings() -> None:
-    """Filters, by message and module, warnings a normal run would print that the project cannot fix:
+    """Filters, by message and module, warnings a normal run prints that the project cannot fix:
 
     - ``pkg_resources is deprecated as an API`` (setuptools >= 80.9, a UserWarning): mmengine 0.10.7, its last
       release, imports and reloads ``pkg_resources`` in ``mmengine.utils.package_utils`` whenever a config
       names an ``mmdet::`` base, printing it four times per command (from that module and, for the reloads,
       from ``importlib``). setuptools stays >= 77 (the license field of setup.py) and < 82 (82 removes
       ``pkg_resources``, which that mmengine code needs).
+    - ``To copy construct from a tensor, it is recommended to use sourceTensor.detach().clone()``: mmdet 3.3.0's
+      ``FCNMaskHead`` builds its mask predictions with ``bboxes.new_tensor(mask_preds)`` at every evaluation of a
+      Mask R-CNN; the copy is what it wants (a new tensor on the boxes' device).
     """
     for module in ("mmengine.utils.package_utils", "importlib"):
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning,
                                 module=module)
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                            module="mmdet.models.roi_heads.mask_heads.fcn_mask_head")
 
 
 def load_config(path: str, launcher: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
