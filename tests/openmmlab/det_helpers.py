@@ -13,10 +13,11 @@ CONFIGS = REPO / "configs"
 
 
 def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64, num_train: int = 8,
-                     num_val: int = 4) -> Dict[str, object]:
-    """cascade_demo.py shrunk to a few 64 px images and iterations (same generator for both splits)."""
+                     num_val: int = 4, max_shapes: int = 2) -> Dict[str, object]:
+    """cascade_demo.py shrunk to a few 64 px images and iterations (same generator for both splits); the
+    pipelines' Resize (which records the scale factor) keeps the generated size instead of the demo's 160 px."""
     root = str(data_root) + "/"
-    generator = dict(num_train=num_train, num_val=num_val, image_size=image_size, max_shapes=2, seed=0)
+    generator = dict(num_train=num_train, num_val=num_val, image_size=image_size, max_shapes=max_shapes, seed=0)
     return {
         "train_dataloader.batch_size": 2,
         "train_dataloader.num_workers": 0,
@@ -33,6 +34,9 @@ def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64,
         "test_dataloader.dataset.generator": generator,
         "val_evaluator.ann_file": root + "annotations/val.json",
         "test_evaluator.ann_file": root + "annotations/val.json",
+        "train_dataloader.dataset.pipeline.2.scale": (image_size, image_size),
+        "val_dataloader.dataset.pipeline.1.scale": (image_size, image_size),
+        "test_dataloader.dataset.pipeline.1.scale": (image_size, image_size),
         "train_cfg.max_epochs": max_epochs,
         "train_cfg.val_interval": max_epochs,
         "default_hooks.checkpoint.interval": 1,
