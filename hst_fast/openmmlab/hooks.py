@@ -48,7 +48,10 @@ def find_adapted_model(model: nn.Module) -> Tuple[str, TrainableSubsetMixin]:
 
 
 def task_heads_state(model: nn.Module, prefix: str) -> dict:
-    """Everything of ``model``'s state dict outside the adapted model (a detector's neck and heads), on CPU."""
+    """Everything of ``model``'s state dict outside the adapted model at ``prefix`` (a detector's neck and heads),
+    on CPU; nothing when ``model`` is the adapted model itself (``prefix`` '')."""
+    if not prefix:
+        return {}
     return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()
             if not k.startswith(prefix + ".")}
 

@@ -3,6 +3,7 @@ adapter-only checkpoints, resume, evaluate from the adapter alone; the adapter r
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -25,9 +26,9 @@ from mmengine.registry import MODELS, init_default_scope  # noqa: E402
 
 from hst_fast import test as test_driver  # noqa: E402
 from hst_fast import train as train_driver  # noqa: E402
-from hst_fast.adapter import adapter_state_dict  # noqa: E402
+from hst_fast.adapter import AdapterError, adapter_state_dict  # noqa: E402
 from hst_fast.baselines import METHODS  # noqa: E402
-from hst_fast.openmmlab.hooks import find_adapted_model, load_task_adapter  # noqa: E402
+from hst_fast.openmmlab.hooks import find_adapted_model, load_task_adapter, save_task_adapter  # noqa: E402
 
 TASKS = {  # config, its tiny options, the key of the method option, the metric the evaluation logs
     "cls": ("cls_demo.py", lambda root: tiny_cls_options(root), "model.method", "cls/top1"),
@@ -81,3 +82,20 @@ def test_method_trains_resumes_and_its_adapter_restores_and_evaluates(task, meth
     test_log = latest_log(tmp_path / "test")
     assert "adapter loaded from" in test_log
     assert logged_metric(test_log, metric) == trained
+
+
+def test_heads_from_another_save_are_refused(tmp_path):
+    """A save interrupted between the adapter and the heads leaves a mixed pair: refused, the model untouched."""
+    config, tiny, *_ = TASKS["det"]
+    model = build_model(config, tiny(tmp_path / "data"))
+    save_task_adapter(model, str(tmp_path / "adapter"))
+    shutil.copy(tmp_path / "adapter" / "task_heads.safetensors", tmp_path / "old_heads.safetensors")
+    _, adapted = find_adapted_model(model)
+    next(p for _, p in adapted.trainable_named_parameters()).data.add_(1.0)
+    save_task_adapter(model, str(tmp_path / "adapter"))
+    shutil.copy(tmp_path / "old_heads.safetensors", tmp_path / "adapter" / "task_heads.safetensors")
+    fresh = build_model(config, tiny(tmp_path / "data"))
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(AdapterError, match=r"task heads .* were saved with other adapter weights"):
+        load_task_adapter(fresh, str(tmp_path / "adapter"), force=True)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
