@@ -25,8 +25,9 @@ DEBUG_ENV = "HST_FAST_DEBUG"
 # Raised only for a user's mistake, wherever they come from.
 USER_ERROR_TYPES = (ConfigError, CheckpointError, AdapterError)
 # Modules whose job is checking what the user gave, and the exception types their checks raise: an exception of
-# such a type raised in such a module is a user error (as is one whose cause or context is). Everything else
-# (torch's RuntimeErrors, an AttributeError, a KeyError in model code) is a bug and keeps its traceback.
+# such a type raised in such a module is a user error, as is one raised `from` it (a message adding context).
+# Everything else (torch's RuntimeErrors, an AttributeError, a KeyError in model code, an error raised while
+# handling a user error) is a bug and keeps its traceback.
 INPUT_CHECKS = {
     "hst_fast.openmmlab.checks": (FileNotFoundError, ValueError),
     "hst_fast.openmmlab.cli": (FileNotFoundError,),
@@ -48,13 +49,13 @@ INPUT_CHECKS = {
 _run_index = itertools.count()
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """``err``, then its ``__cause__`` / ``__context__``, and theirs."""
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err``, then what it was raised ``from`` (``__cause__``), and so on."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         yield err
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
 
 
 def _raised_in(err: BaseException) -> Optional[str]:
@@ -70,7 +71,7 @@ def _raised_in(err: BaseException) -> Optional[str]:
 def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` reports a mistake in the user's input (``USER_ERROR_TYPES``, ``INPUT_CHECKS``)."""
     return any(isinstance(e, USER_ERROR_TYPES) or isinstance(e, INPUT_CHECKS.get(_raised_in(e), ()))
-               for e in _chain(err))
+               for e in _causes(err))
 
 
 def run_command(prog: str, run: Callable[[List[str]], None], argv: Optional[List[str]] = None) -> None:

@@ -65,8 +65,15 @@ def test_user_errors_are_defined_by_type_and_by_the_check_that_raised_them():
         raised(lambda: MODELS.build(dict(type="HSTClassifier", vit_name="vit_tiny_patch16_224", side_dim=8))),
         ConfigError("a config that cannot work"), AdapterError("an adapter for another model"),
     ]
+    def failing_while_handling_a_user_error():
+        try:
+            raise ConfigError("a config that cannot work")
+        except ConfigError:
+            return {}["key"]
+
     bugs = [
         raised(lambda: torch.zeros(2) @ torch.zeros(3)),  # torch's RuntimeError
+        raised(failing_while_handling_a_user_error),  # its __context__ is a user error, it is not one
         raised(lambda: {}["key"]),  # a KeyError in ordinary code
         raised(lambda: hst_fast.create_model("vit_tiny_patch16_224", depth=4).no_such_attribute),
     ]
