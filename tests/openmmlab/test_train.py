@@ -150,7 +150,7 @@ def det_learning_options(data_root, seed: int = 0) -> dict:
 
 # Measured bbox mAP on the 40 held-out images for randomness seeds 0..3 (OMP_NUM_THREADS=1, 46-49 s of CPU
 # each): 0.121, 0.086, 0.137, 0.132 (mAP@50 0.32 for seed 0). The RoI-head bug of README's "What the demo shows"
-# (scrambled RoI features) left the full demo at 0.01; an untrained detector scores 0.
+# (scrambled RoI features) left the full demo at about 0.01.
 MIN_BBOX_MAP = 0.05
 
 
