@@ -63,12 +63,9 @@ def evaluate(argv: Optional[List[str]] = None) -> None:
     """The command without its error handling: raises what goes wrong."""
     args = parse_args(argv)
 
-    from mmengine.logging import print_log
-
     from hst_fast.openmmlab.checks import check_checkpoint, check_config_keys, check_data_paths
-    from hst_fast.openmmlab.cli import build_runner, load_config, silence_third_party_warnings
-    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
-    from hst_fast.openmmlab.hooks import load_task_adapter
+    from hst_fast.openmmlab.cli import load_config, silence_third_party_warnings
+    from hst_fast.openmmlab.dist import distributed_run
 
     silence_third_party_warnings()
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
@@ -82,16 +79,23 @@ def evaluate(argv: Optional[List[str]] = None) -> None:
 
     check_config_keys(cfg, args.cfg_options)
     check_data_paths(cfg, splits=("test",))
-    setup_cpu_distributed(cfg)
-    try:
-        runner = build_runner(cfg)
-        if adapter:
-            runner._init_model_weights()  # the config's pretrained ViT, which HSTViT reads in init_weights only
-            load_task_adapter(runner.model, adapter)
-            print_log(f"adapter loaded from {adapter} onto the config's ViT", logger="current")
-        runner.test()
-    finally:
-        destroy_distributed()
+    with distributed_run(cfg):
+        build_runner_and_test(cfg, adapter)
+
+
+def build_runner_and_test(cfg: Config, adapter: Optional[str]) -> None:
+    """Builds the Runner, puts the adapter (a folder) on its model if given, and runs the test loop."""
+    from mmengine.logging import print_log
+
+    from hst_fast.openmmlab.cli import build_runner
+    from hst_fast.openmmlab.hooks import load_task_adapter
+
+    runner = build_runner(cfg)
+    if adapter:
+        runner._init_model_weights()  # the config's pretrained ViT, which HSTViT reads in init_weights only
+        load_task_adapter(runner.model, adapter)
+        print_log(f"adapter loaded from {adapter} onto the config's ViT", logger="current")
+    runner.test()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -54,7 +54,7 @@ def train(argv: Optional[List[str]] = None) -> None:
 
     from hst_fast.openmmlab.checks import ConfigError, check_checkpoint, check_config_keys, check_data_paths
     from hst_fast.openmmlab.cli import build_runner, load_config, silence_third_party_warnings
-    from hst_fast.openmmlab.dist import destroy_distributed, setup_cpu_distributed
+    from hst_fast.openmmlab.dist import distributed_run
 
     silence_third_party_warnings()
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
@@ -81,11 +81,8 @@ def train(argv: Optional[List[str]] = None) -> None:
 
     check_config_keys(cfg, args.cfg_options)
     check_data_paths(cfg, splits=("train", "val"))
-    setup_cpu_distributed(cfg)
-    try:
+    with distributed_run(cfg):
         build_runner(cfg).train()
-    finally:
-        destroy_distributed()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -12,6 +12,7 @@ import itertools
 import os
 import os.path as osp
 import sys
+import time
 import warnings
 from typing import Callable, Iterator, List, Optional
 
@@ -137,10 +138,15 @@ def build_runner(cfg: Config):
     of one config started within the same second (train, then test, in one process) would share the first
     run's logger, and the second run's log would land in the first run's work dir; mmdet's default runtime
     names every visualizer 'visualizer', so any later detection run would write its scalars there too.
+    mmengine also names the log folder ``<work_dir>/<start second>``: when the work dir already has one of the
+    current second (a run of it started less than a second ago: train, then ``--resume``), the build waits for
+    the next second, so the two logs stay apart.
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    while cfg.get("work_dir") and osp.isdir(osp.join(cfg.work_dir, time.strftime("%Y%m%d_%H%M%S"))):
+        time.sleep(0.05)
     index = next(_run_index)
     name = cfg.get("experiment_name") or osp.splitext(osp.basename(cfg.filename or "run"))[0]
     cfg.experiment_name = f"{name}-{index}"

@@ -11,8 +11,10 @@ samples (mmengine's default), which is a different model from the one-process ru
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from typing import Dict
+from typing import Dict, Iterator
 
 import torch
 import torch.distributed as dist
@@ -151,11 +153,31 @@ def setup_cpu_distributed(cfg: Config) -> None:
         dist.init_process_group(backend="gloo")
 
 
-def destroy_distributed() -> None:
-    """Ends the process group, if one was started (by ``setup_cpu_distributed`` or mmengine's Runner).
-
-    Called by the drivers when the run ends: a process group left to the interpreter's exit can have its
-    gloo threads destroyed while still running, which aborts the process after the work has finished.
-    """
+def destroy_distributed(wait_for_all: bool = False) -> None:
+    """Ends the process group, if one was started (by ``setup_cpu_distributed`` or mmengine's Runner);
+    ``wait_for_all``: first wait until every rank got here (a barrier), so that no rank tears down its
+    connections while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_run(cfg: Config) -> Iterator[None]:
+    """``setup_cpu_distributed(cfg)`` for the body (the Runner's life); at its end, the process group is ended.
+
+    A process group left to the interpreter's exit can have its gloo threads destroyed while still running,
+    which aborts a process after the work has finished ('terminate called without an active exception',
+    seen on a rank that finished first). So after a successful body, what still holds the group (the Runner's
+    DDP wrapper sits in reference cycles) is collected, all ranks meet at a barrier, then the group ends; after
+    a failure it ends at once (another rank may never reach a barrier).
+    """
+    setup_cpu_distributed(cfg)
+    try:
+        yield
+    except BaseException:
+        destroy_distributed()
+        raise
+    gc.collect()
+    destroy_distributed(wait_for_all=True)
