@@ -247,7 +247,10 @@ def check_data_paths(cfg: Config, splits: Sequence[str] = DATA_SPLITS) -> None:
 def check_checkpoint(path: str, given_as: str) -> None:
     """Raises ``FileNotFoundError`` when the checkpoint ``path`` (given as ``given_as``, e.g. ``--resume``) does
     not exist, ``CheckpointError`` when ``torch.load(weights_only=True)`` cannot read it. Tensors are
-    memory-mapped (files in torch's zip format), so a large checkpoint costs little more than its header."""
+    memory-mapped (files in torch's zip format), so a large checkpoint costs little more than its header.
+    URLs (``https://...``, which mmengine downloads) are left to mmengine."""
+    if "://" in path:
+        return
     if not osp.isfile(path):
         raise FileNotFoundError(f"{given_as}: checkpoint not found: {path} (absolute: {osp.abspath(path)})")
     with open(path, "rb") as handle:
