@@ -114,4 +114,6 @@ def _sync_batchnorm_rank(rank: int, store: str) -> None:
 
 
 def test_gloo_sync_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path):
-    mp.start_processes(_sync_batchnorm_rank, args=(str(tmp_path / "store"),), nprocs=2, start_method="fork")
+    # spawn, not fork: a child forked from a process whose OpenMP pool already ran (the rest of the suite)
+    # deadlocks in its first parallel op (libgomp is not fork-safe).
+    mp.start_processes(_sync_batchnorm_rank, args=(str(tmp_path / "store"),), nprocs=2, start_method="spawn")
