@@ -89,21 +89,23 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def prune_by_registers(limit: int, tiles: Callable[[dict], Sequence[int]]) -> Callable:
-    """An ``early_config_prune`` for ``@triton.autotune``: drops configs where any register tile (element counts
-    from ``tiles(meta)``, meta = kernel arguments + config kwargs) exceeds ``limit`` 32-bit values per thread;
-    keeps the smallest config if all would exceed it.
+def prune_by_registers(tiles: Callable[[dict], Sequence[tuple[int, float]]], keep: int = 3) -> Callable:
+    """An ``early_config_prune`` for ``@triton.autotune``: ``tiles(meta)`` (meta = kernel arguments + config kwargs)
+    gives the kernel's register tiles as (elements, most 32-bit values per thread it may take); a config is dropped if
+    any tile exceeds its share of the config's threads. Of the others, the first ``keep`` in list order (the configs'
+    order of preference) survive; if none fits, the one closest to fitting.
 
     Under ``torch.use_deterministic_algorithms(True)`` it keeps only the first survivor, so which tiling (and so
     which summation order) runs never depends on autotuning's timings. Triton caches the choice per autotuning key,
     so set the mode before the first call (as for ``torch.backends.cudnn.benchmark``)."""
 
     def prune(configs, named_args, **kwargs):
-        def cost(config) -> float:
+        def load(config) -> tuple[float, float]:  # (worst, total) fraction of the per-thread limits
             meta = {**named_args, **kwargs, **config.kwargs}
-            return max(tiles(meta)) / (config.num_warps * 32)
+            fractions = [elements / (config.num_warps * 32) / limit for elements, limit in tiles(meta)]
+            return max(fractions), sum(fractions)
 
-        kept = [config for config in configs if cost(config) <= limit] or [min(configs, key=cost)]
+        kept = [config for config in configs if load(config)[0] <= 1][:keep] or [min(configs, key=load)]
         return kept[:1] if torch.are_deterministic_algorithms_enabled() else kept
 
     return prune

@@ -62,27 +62,26 @@ def _head_probs(xhat, kf, kb, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _load_head(KF, KB, VF, b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb, stride_vh, kv_offs, mask_kv,
-               offs_m, mask_m):  # fmt: skip
-    """Head h of batch element b: folded keys and values [BLOCK_M, BLOCK_C] (0 in padded rows and columns) and
-    score bias [BLOCK_M] (-inf in padded keys)."""
-    kf = tl.load(KF + b * stride_kb + h * stride_kh + kv_offs, mask=mask_kv, other=0.0)
-    kb = tl.load(KB + b * stride_bb + h * stride_bh + offs_m, mask=mask_m, other=float("-inf"))
-    vf = tl.load(VF + b * stride_vb + h * stride_vh + kv_offs, mask=mask_kv, other=0.0)
-    return kf, kb, vf
+def _head_tile(ptr, b, h, stride_b, stride_h, offs, mask, other):
+    """The tile at ``offs`` of head h, batch element b of a [B, H, M, ...] folded tensor (``other`` where masked)."""
+    return tl.load(ptr + b * stride_b + h * stride_h + offs, mask=mask, other=other)
 
 
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_N": block_n}, num_warps=num_warps)
-    for block_n, num_warps in ((64, 4), (32, 4), (128, 4), (64, 8), (128, 8), (16, 4), (32, 8))
+    for block_n, num_warps in ((64, 4), (32, 4), (128, 4), (64, 8), (128, 8), (16, 4), (32, 8), (16, 8))
 ]
+# The [BLOCK_N, BLOCK_C] fp32 token tiles (x, xhat, acc): at most 16 values per thread each, 8 with fp32 'ieee' dots
+# (FMA, whose operands are whole BLOCK_C rows); above that ptxas spilled for sm_90 (tests/kernels/compile_sm90.py).
+_prune_fwd = prune_by_registers(
+    lambda m: ((m["BLOCK_N"] * m["BLOCK_C"], 8 if m["DOT_PRECISION"] == "ieee" else 16),)
+)
 
 
 @triton.autotune(
     configs=autotune_configs(_FWD_CONFIGS),
     key=["C", "H", "M", "ROWS_BUCKET"],
-    # two live [BLOCK_N, BLOCK_C] fp32 tiles (xhat, acc) per program
-    prune_configs_by={"early_config_prune": prune_by_registers(128, lambda m: (2 * m["BLOCK_N"] * m["BLOCK_C"],))},
+    prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_attention_fwd_kernel(
@@ -109,15 +108,18 @@ def _side_attention_fwd_kernel(
     mask_kv = mask_m[:, None] & mask_c[None, :]
     kv_offs = offs_m[:, None] * C + offs_c[None, :]
 
-    tok = pid_b * N * C + offs_n[:, None] * C + offs_c[None, :]
+    tok = offs_n[:, None] * C + offs_c[None, :]  # int32 offsets from this batch element's rows
+    X += pid_b * N * C
+    Y += pid_b * N * C
     x = tl.load(X + tok, mask=mask_x, other=0.0).to(tl.float32)
     _, _, xhat = layer_norm_tile(x, mask_x, C, eps)
 
     acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
     for h in range(H):
-        kf, kb, vf = _load_head(KF, KB, VF, pid_b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb,
-                                stride_vh, kv_offs, mask_kv, offs_m, mask_m)  # fmt: skip
+        kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, mask_kv, 0.0)
+        kb = _head_tile(KB, pid_b, h, stride_bb, stride_bh, offs_m, mask_m, float("-inf"))
         p = _head_probs(xhat, kf, kb, DOT_PRECISION)
+        vf = _head_tile(VF, pid_b, h, stride_vb, stride_vh, kv_offs, mask_kv, 0.0)
         acc += tl.dot(p, vf, input_precision=DOT_PRECISION)
 
     ob = tl.load(OB + pid_b * stride_ob + offs_c, mask=mask_c, other=0.0)
@@ -153,12 +155,15 @@ def _side_attention_bwd_kernel(
     d_key_bias = d_values + H * B * M * C
     d_out_bias = d_key_bias + H * B * M
 
+    X += pid_b * N * C
+    DY += pid_b * N * C
+    DX += pid_b * N * C
     dob = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_s, tl.cdiv(N, BLOCK_N), S):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         mask_x = mask_n[:, None] & mask_c[None, :]
-        tok = pid_b * N * C + offs_n[:, None] * C + offs_c[None, :]
+        tok = offs_n[:, None] * C + offs_c[None, :]  # int32 offsets from this batch element's rows
         x = tl.load(X + tok, mask=mask_x, other=0.0).to(tl.float32)
         dy = tl.load(DY + tok, mask=mask_x, other=0.0).to(tl.float32)
         _, rstd, xhat = layer_norm_tile(x, mask_x, C, eps)
@@ -166,18 +171,22 @@ def _side_attention_bwd_kernel(
 
         dxhat = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
         for h in range(H):
-            kf, kb, vf = _load_head(KF, KB, VF, pid_b, h, stride_kb, stride_kh, stride_bb, stride_bh, stride_vb,
-                                    stride_vh, kv_offs, mask_kv, offs_m, mask_m)  # fmt: skip
+            # Each [BLOCK_M, BLOCK_C] tile (keys, values, their gradients) is loaded or made just before its use and
+            # dies right after it, so few are live at once (registers are what limits wide rows).
+            kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, mask_kv, 0.0)
+            kb = _head_tile(KB, pid_b, h, stride_bb, stride_bh, offs_m, mask_m, float("-inf"))
             p = tl.where(mask_n[:, None], _head_probs(xhat, kf, kb, DOT_PRECISION), 0.0)
+            vf = _head_tile(VF, pid_b, h, stride_vb, stride_vh, kv_offs, mask_kv, 0.0)
             dp = tl.dot(dy, tl.trans(vf), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
             ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # softmax backward; 0 in padded keys/tokens
+            head = h * B + pid_b
+            if FOLD_GRADS:
+                dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
+                tl.atomic_add(d_values + head * M * C + kv_offs, dvf, mask=mask_kv, sem="relaxed")
             if WRITE_DX:
                 dxhat += tl.dot(ds, kf, input_precision=DOT_PRECISION)
             if FOLD_GRADS:
-                head = h * B + pid_b
-                dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
                 dkf = tl.dot(tl.trans(ds), xhat, input_precision=DOT_PRECISION)
-                tl.atomic_add(d_values + head * M * C + kv_offs, dvf, mask=mask_kv, sem="relaxed")
                 tl.atomic_add(d_keys + head * M * C + kv_offs, dkf, mask=mask_kv, sem="relaxed")
                 tl.atomic_add(d_key_bias + head * M + offs_m, tl.sum(ds, axis=0), mask=mask_m, sem="relaxed")
 
@@ -325,12 +334,13 @@ def side_attention_fwd(x, keys, key_bias, values, out_bias, eps=1e-6) -> torch.T
 
 
 def _bwd_block_sizes(width: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_C, num_warps): four live [BLOCK_N, BLOCK_C] fp32 tiles (dy, xhat, dxhat, dx)."""
+    """(BLOCK_N, BLOCK_C, num_warps): the [BLOCK_N, BLOCK_C] fp32 tiles (dy, xhat, dxhat, key/value and gradient
+    tiles) at 8 values per thread (measured for sm_90: larger ones spill), 16 to 64 tokens."""
     block_c = triton.next_power_of_2(width)
-    block_n = max(16, min(64, 8192 // block_c))
+    block_n = max(16, min(64, 2048 // block_c))
     if INTERPRET:  # the interpreter runs one numpy op per block: fewer, larger programs are faster
         block_n = 64
-    return block_n, block_c, 4 if block_c <= 128 else 8
+    return block_n, block_c, 8
 
 
 def side_attention_bwd(

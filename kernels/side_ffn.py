@@ -41,8 +41,6 @@ __all__ = ["MAX_WIDTH", "SideFFNFunction", "side_ffn", "side_ffn_bwd", "side_ffn
 # Widest C a program keeps whole in registers (its [BLOCK_M, C] accumulator); wider raises UnsupportedInput.
 # HST's widest side stage is 384; at 1024 the fp32 backward's smallest tiles overflow an H100's shared memory.
 MAX_WIDTH = 512
-# fp32 values per thread the largest accumulator tile may take before a config is pruned (spills past this).
-_REGISTER_LIMIT = 64
 # Cap on the fp32 weight-gradient partials of the dw kernel, in elements (64 MiB).
 _MAX_PARTIAL_ELEMENTS = 1 << 24
 
@@ -51,7 +49,8 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 def _configs(block_ms, block_hs) -> list:
-    """The autotuning space; the first config is the one the interpreter runs (small and valid for any width)."""
+    """The autotuning space in order of preference (bigger tiles first); the first config is the one the interpreter
+    runs (small and valid for any width)."""
     configs = [
         triton.Config({"BLOCK_M": block_m, "BLOCK_H": block_h}, num_warps=num_warps, num_stages=2)
         for block_m in block_ms
@@ -63,34 +62,38 @@ def _configs(block_ms, block_hs) -> list:
 
 # Retuned per width, hidden width and power-of-two bucket of the row count (not the first call's rows for every size).
 _TUNING_KEY = ["C", "H", "ROWS_BUCKET"]
-_ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32))
+_ROW_CONFIGS = _configs((64, 128, 32, 16), (64, 32, 16))
 _DW_CONFIGS = _configs((64, 128, 32, 16), (32, 64, 16))
-# The [BLOCK_M, BLOCK_C] fp32 accumulator (output or dLN) and the [BLOCK_M, BLOCK_H] hidden chunk.
-_prune_rows_registers = prune_by_registers(
-    _REGISTER_LIMIT, lambda m: (m["BLOCK_M"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_H"])
+# Register budgets per thread, fitted to what ptxas does for sm_90 (tests/kernels/compile_sm90.py,
+# compile_table.md): above them configs spilled (up to thousands of values for fp32's FMA dots, whose operands are
+# whole BLOCK_C rows), so the autotuner never sees them. Rows kernels: the [BLOCK_M, BLOCK_C] fp32 row tiles
+# (x_hat, dy, the accumulator), the [BLOCK_H, BLOCK_C] weight chunks, the [BLOCK_M, BLOCK_H] hidden chunk.
+_prune_rows = prune_by_registers(
+    lambda m: ((m["BLOCK_M"] * m["BLOCK_C"], 16), (m["BLOCK_H"] * m["BLOCK_C"], 32), (m["BLOCK_M"] * m["BLOCK_H"], 8))
 )
-# The two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators and the [BLOCK_M, BLOCK_C] input tile.
+# The dw kernel: its two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators, the [BLOCK_M, BLOCK_C] row tiles
+# and the hidden chunk.
 _prune_dw_registers = prune_by_registers(
-    _REGISTER_LIMIT, lambda m: (2 * m["BLOCK_H"] * m["BLOCK_C"], m["BLOCK_M"] * m["BLOCK_C"])
+    lambda m: ((m["BLOCK_H"] * m["BLOCK_C"], 16), (m["BLOCK_M"] * m["BLOCK_C"], 16), (m["BLOCK_M"] * m["BLOCK_H"], 8))
 )
 
 
-def _small_tiles_for_wide_rows(configs, block_c: int, prune_hidden: bool) -> list:
-    """Tiles of 16 or 32 rows (16 hidden units) only pay when the width forces them; trying them for narrow rows
-    only lengthens autotuning (every config is compiled on first use of each (C, H, dtype))."""
-    min_rows = 64 if block_c <= 128 else 32 if block_c <= 256 else 16
-    min_hidden = 32 if prune_hidden and block_c <= 256 else 16
-    return [c for c in configs if c.kwargs["BLOCK_M"] >= min_rows and c.kwargs["BLOCK_H"] >= min_hidden]
+def _fma_backward_tiles(prune):
+    """``prune`` for a backward kernel; when fp32 dots run on FMA units ('ieee') it keeps one config, the first of
+    16 rows, at most 32 hidden units and 8 warps within the budgets. The backward's FMA dots hold whole BLOCK_C rows of
+    both operands per thread: every other fp32 tile spilled at some HST width (2 to 28 values), this one at none."""
+
+    def pruned(configs, named_args, **kwargs):
+        if kwargs["PRECISION"] != "ieee":
+            return prune(configs, named_args, **kwargs)
+        small = [c for c in configs if c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_H"] <= 32 and c.num_warps == 8]
+        return prune(small or configs, named_args, **kwargs)[:1]
+
+    return pruned
 
 
-def _prune_rows(configs, named_args, **kwargs):
-    configs = _small_tiles_for_wide_rows(configs, kwargs["BLOCK_C"], prune_hidden=False) or configs
-    return _prune_rows_registers(configs, named_args, **kwargs)
-
-
-def _prune_dw(configs, named_args, **kwargs):
-    configs = _small_tiles_for_wide_rows(configs, kwargs["BLOCK_C"], prune_hidden=True) or configs
-    return _prune_dw_registers(configs, named_args, **kwargs)
+_prune_dx = _fma_backward_tiles(_prune_rows)
+_prune_dw = _fma_backward_tiles(_prune_dw_registers)
 
 
 @triton.jit
@@ -172,7 +175,7 @@ def _side_ffn_fwd_kernel(
     tl.store(rstd_ptr + rows, rstd, mask=row_mask)
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_rows})
+@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_dx})
 @triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_ffn_bwd_dx_kernel(
     x_ptr,  # [M, C] forward input

@@ -159,16 +159,17 @@ class _LaunchCounter(TorchDispatchMode):
 
 
 def test_side_attention_launch_count(monkeypatch):
-    """Forward and backward of a trained block (fp32): the fold and its autograd backward are 33 torch kernels
-    around the 2 Triton launches (55 when the backward's chain rule was written by hand)."""
+    """Forward and backward of a trained block (fp32): the fold and its autograd backward are 9 + 24 torch kernels
+    around the 2 Triton launches with torch 2.13 (55 when the backward's chain rule was written by hand); the bounds
+    leave room for another torch version's decompositions."""
     inputs = [t.requires_grad_() for t in _make_inputs((2, 50, 72, 12, 9), torch.float32)]
     grad = torch.randn(2, 50, 72, device=DEVICE)
     with _LaunchCounter(monkeypatch) as counter:
         out = side_attention(*inputs, 12)
         forward = (counter.aten, counter.triton)
         out.backward(grad)
-    assert forward == (9, 1)
-    assert (counter.aten, counter.triton) == (33, 2)
+    assert forward[0] <= 10 and forward[1] == 1
+    assert counter.aten <= 36 and counter.triton == 2
 
 
 def test_side_attention_programs_loop_over_tiles(monkeypatch):
