@@ -1,12 +1,12 @@
 """Saved activations, peak memory and step time of each training mode, beside the released code:
 ``python -m bench.modes [--against-released PATH] [--cases ...] [--rounds N] [--device cuda]``.
 
-Models: hst_fast's modes (ViT-B/16, defaults otherwise) faithful (``backbone_grad='full'``), faithful + mlp
-recompute (``grad_checkpointing='mlp'``), faithful + checkpointing (``grad_checkpointing=True``), frozen
-(``backbone_grad='none'``) and frozen + feature cache; with ``--against-released PATH`` (the released code's
-``models/`` folder, see ``bench/released.py``) also the authors' ``ViT_HSN`` in the same configuration. Cases: issue
-16's det 512px B=1 and cls 224px B=8 (default), and cls 224px B=32, det 1024px B=1. fp32, train mode, random weights
-and images (memory and time do not depend on the values).
+Models: hst_fast's modes (ViT-B/16, defaults otherwise) faithful (``backbone_grad='full'``, with the default
+``grad_checkpointing='mlp'``), faithful without it (``grad_checkpointing=False``), faithful + checkpointing
+(``grad_checkpointing=True``), frozen (``backbone_grad='none'``) and frozen + feature cache; with
+``--against-released PATH`` (the released code's ``models/`` folder, see ``bench/released.py``) also the authors'
+``ViT_HSN`` in the same configuration. Cases: issue 16's det 512px B=1 and cls 224px B=8 (default), and cls 224px
+B=32, det 1024px B=1. fp32, train mode, random weights and images (memory and time do not depend on the values).
 
 - autograd-saved MiB: the bytes autograd keeps for backward during one forward, counted over unique storages seen by
   ``saved_tensors_hooks``, the model's parameters excluded. Non-reentrant checkpointing keeps each ViT block's input
@@ -36,8 +36,8 @@ from hst_fast import create_model
 from hst_fast.feature_cache import FeatureCache
 
 MODES = {
-    "faithful": dict(),
-    "faithful + mlp recompute": dict(grad_checkpointing="mlp"),
+    "faithful": dict(),  # grad_checkpointing='mlp', the default
+    "faithful, no mlp recompute": dict(grad_checkpointing=False),
     "faithful + checkpointing": dict(grad_checkpointing=True),
     "frozen": dict(backbone_grad="none"),
     "frozen + cache": dict(backbone_grad="none"),

@@ -5,7 +5,7 @@ SAM); the family adapter says how its blocks run, the rest of HST is the same fo
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -37,13 +37,13 @@ class HST(TrainableSubsetMixin, nn.Module):
 
     def __init__(
         self, vit: nn.Module, config: HSTConfig, ops: KernelOps, attn_backend: str = "sdpa",
-        grad_checkpointing: bool = False,
+        grad_checkpointing: Union[bool, str] = "mlp",
     ):
         """vit: a timm ViT of a supported family built by ``hst_fast.vit.build.build_vit`` (its final norm and head
         are unused); config: architecture; ops: the kernel backend (``hst_fast.backend.resolve_ops``); attn_backend:
         'sdpa' | 'xformers' | 'eager' for the ViT blocks; grad_checkpointing: what of each ViT block to recompute in
-        backward instead of keeping (faithful mode): False nothing, 'mlp' its LN2 + fc1 + GELU
-        (``hst_fast.vit.lean_block``), True all of it."""
+        backward instead of keeping (faithful mode): 'mlp' its LN2 + fc1 + GELU (``hst_fast.vit.lean_block``), False
+        nothing, True all of it."""
         super().__init__()
         if grad_checkpointing not in GRAD_CHECKPOINTING:
             raise ValueError(f"grad_checkpointing must be one of {GRAD_CHECKPOINTING}, got {grad_checkpointing!r}")
