@@ -14,7 +14,8 @@ B=32, det 1024px B=1. fp32, train mode, random weights and images (memory and ti
 - peak MiB (CUDA only): ``torch.cuda.max_memory_allocated`` over one forward + backward, weights included.
 - step s: one forward + backward (the loss, a fixed random projection of the four stage outputs [B, H_s*W_s, d_s],
   is computed outside the counted region); every model is timed once per round, the order rotating each round, all
-  in one process; the median over rounds. 'x released' is the median over rounds of released time / mode time.
+  in one process; the median over rounds. 'x released' is the median over rounds of released time / mode time; on
+  CPU also in process CPU time ('x released, CPU time'), which other processes on a shared machine disturb less.
 
 Prints a markdown table; set ``OMP_NUM_THREADS`` as wanted on CPU.
 """
@@ -119,7 +120,8 @@ def measure_case(case: str, rounds: int, device: torch.device, released_path: Op
         shapes = [out.shape for out in models["frozen"][1](images)]
     projections = [torch.randn(shape, device=device, generator=generator) for shape in shapes]
 
-    saved_mb, peak_mb, seconds = {}, {}, {name: [] for name in models}
+    saved_mb, peak_mb = {}, {}
+    seconds, cpu_seconds = {name: [] for name in models}, {name: [] for name in models}
     for name, (model, run) in models.items():
         step(model, run, images, projections)  # warm-up: fills the cache, allocates, autotunes kernels
         if device.type == "cuda":
@@ -131,17 +133,18 @@ def measure_case(case: str, rounds: int, device: torch.device, released_path: Op
     names = list(models)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             step(*models[name], images, projections)
             seconds[name].append(time.perf_counter() - began)
+            cpu_seconds[name].append(time.process_time() - cpu_began)
 
     for name, (model, _) in models.items():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         row = [case, name, f"{trainable:,}", f"{statistics.median(seconds[name]):.2f}"]
         if released_path is not None:
-            ratios = [a / b for a, b in zip(seconds[RELEASED], seconds[name])]
-            row += [f"{statistics.median(ratios):.2f}x", f"{saved_mb[name]:.0f}",
-                    f"{saved_mb[name] / saved_mb[RELEASED]:.2f}x"]
+            for times in (seconds, cpu_seconds) if device.type == "cpu" else (seconds,):
+                row += [f"{statistics.median(a / b for a, b in zip(times[RELEASED], times[name])):.2f}x"]
+            row += [f"{saved_mb[name]:.0f}", f"{saved_mb[name] / saved_mb[RELEASED]:.2f}x"]
         else:
             row += [f"{saved_mb[name]:.0f}"]
         row += [f"{peak_mb[name]:.0f}" if peak_mb[name] is not None else "n/a (CPU)"]
@@ -168,7 +171,8 @@ def main() -> None:
             parser.error(f"--against-released: {error}")
     columns = ["case", "mode", "trainable", "step s"]
     if args.against_released is not None:
-        columns += ["x released", "autograd-saved MiB", "saved / released"]
+        columns += ["x released"] + (["x released, CPU time"] if device.type == "cpu" else [])
+        columns += ["autograd-saved MiB", "saved / released"]
     else:
         columns += ["autograd-saved MiB"]
     columns += ["peak MiB"]

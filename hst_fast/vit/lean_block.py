@@ -5,7 +5,7 @@ Gradients flow through the frozen ViT in the paper-faithful model. In a timm ``B
 ``MLP(LN2(x))`` (fc1 -> GELU -> fc2) GELU's backward needs its [B, N, 4D] pre-activation, which autograd keeps:
 the largest tensor a ViT block saves. A ``LeanBlock`` runs LN2 + fc1 + GELU through ``hst_fast.recompute``, which
 keeps the branch's input x (and LN2's weight and bias) and reruns the three in backward: one more fc1, 4 D^2
-multiply-adds per token (15-20% of a faithful train step on CPU), for D floats kept per token instead of 5 D (LN2's
+multiply-adds per token (8-15% of a faithful train step, CPU time), for D floats kept per token instead of 5 D (LN2's
 input and GELU's pre-activation). fc2's weight is frozen, so autograd keeps nothing for it, and no input of a
 frozen Linear is kept. Values and gradients are those of the plain block: the same ops run in the same order.
 """
