@@ -36,6 +36,7 @@ class Recompute(torch.autograd.Function):
         return fn(*args)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the recomputed graph is differentiated once, without create_graph
     def backward(ctx, grad_out: torch.Tensor) -> Tuple[Any, ...]:
         args = list(ctx.args)
         for i, saved in zip(ctx.positions, ctx.saved_tensors):
