@@ -2,9 +2,9 @@
 
 Lean: side attention / FFN on the PyTorch path (``hst_fast.recompute.lean_ops``) and the faithful mode's ViT blocks
 (``hst_fast.vit.lean_block``, ``grad_checkpointing='mlp'``, the default). The plain model is built as before issue 16
-(``lean_ops`` switched off, ``grad_checkpointing=False``). fp32
-results are compared to 1e-6 of each tensor's largest value: the same ops run in the same order, so they agree to
-rounding (bitwise on the machines measured; a BLAS may pick another kernel for another buffer alignment).
+(``lean_ops`` switched off, ``grad_checkpointing=False``). fp32 results are compared to 1e-6 of each tensor's largest
+value: the same ops run in the same order, so they agree to rounding (bitwise on the machine measured; a BLAS may pick
+another kernel for another buffer alignment).
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, name: str = "") ->
     assert ((actual - expected).abs().max() / scale).item() <= 1e-6, name
 
 
-def saved_bytes(run, exclude=()) -> dict:
-    """{storage address: (bytes, shape)} of what autograd saves while ``run()`` runs, ``exclude`` tensors' storages
-    left out; and run()'s result."""
+def saved_bytes(run, exclude=()) -> tuple:
+    """({storage address: (bytes, shape)} of what autograd saves while ``run()`` runs, ``exclude`` tensors' storages
+    left out; run()'s result)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     saved = {}
 
