@@ -45,7 +45,8 @@ def build(task: str, mode: str) -> torch.nn.Module:
     from hst_fast import create_model
 
     options = {
-        "reference": dict(kernel_backend="torch", attn_backend="eager"),  # the released code's computation
+        # the released code's computation: reference ops, eager attention, every activation kept (no recompute)
+        "reference": dict(kernel_backend="torch", attn_backend="eager", grad_checkpointing=False),
         "faithful": {},
         "faithful_ckpt": dict(grad_checkpointing=True),
         "frozen": dict(backbone_grad="none"),
