@@ -97,3 +97,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_only_trainable_parameters_got_gradients(model: torch.nn.Module) -> None:
+    """After a backward: every trainable parameter of ``model`` has a finite gradient, no frozen one has any."""
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        else:
+            assert param.grad is None, name

@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 pytest.importorskip("mmcv.ops", reason="mmcv was built without its compiled ops")
 
-from det_helpers import CONFIGS, one_torch_thread  # noqa: E402,F401
+from det_helpers import CONFIGS, assert_only_trainable_parameters_got_gradients, one_torch_thread  # noqa: E402,F401
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
 from mmengine.config import Config  # noqa: E402
@@ -74,11 +74,7 @@ def test_detector_forward_loss_backward_keeps_frozen_weights_frozen():
     total, _ = detector.parse_losses(losses)
     assert torch.isfinite(total)
     total.backward()
-    for name, param in hst.named_parameters():
-        if param.requires_grad:
-            assert param.grad is not None and torch.isfinite(param.grad).all(), name
-        else:
-            assert param.grad is None, name
+    assert_only_trainable_parameters_got_gradients(hst)
     assert detector.neck.lateral_convs[0].conv.weight.grad is not None
 
     detector.eval()

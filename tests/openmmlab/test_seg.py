@@ -12,7 +12,7 @@ from PIL import Image
 pytest.importorskip("mmseg.models", reason="mmsegmentation is not installed; `make install` installs it")
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 
-from det_helpers import CONFIGS, one_torch_thread  # noqa: E402,F401
+from det_helpers import CONFIGS, assert_only_trainable_parameters_got_gradients, one_torch_thread  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
@@ -67,11 +67,7 @@ def test_segmentor_forward_loss_backward_keeps_frozen_weights_frozen():
     total, _ = segmentor.parse_losses(losses)
     assert torch.isfinite(total)
     total.backward()
-    for name, param in hst.named_parameters():
-        if param.requires_grad:
-            assert param.grad is not None and torch.isfinite(param.grad).all(), name
-        else:
-            assert param.grad is None, name
+    assert_only_trainable_parameters_got_gradients(hst)
     assert segmentor.decode_head.conv_seg.weight.grad is not None
     assert segmentor.auxiliary_head.conv_seg.weight.grad is not None
 
