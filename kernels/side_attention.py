@@ -15,13 +15,17 @@ registers, loops over the heads with the folded keys/values of its batch (read f
 masks: padded keys get a -inf score) and writes ``x + branch``: no ``C x C`` matrix ever touches the N queries, and
 every ``tl.dot`` has all dims >= 16 whatever the head width (6..64), because the contraction runs over C.
 
-Its backward recomputes LN and the softmax per token and writes ``dx = dy + LN_backward(sum_h ds_h @ K''_h)``
+Its backward recomputes LN and the softmax per token tile, reading each row in BLOCK_C-column chunks (no whole
+row is ever held in registers, so no width spills), and writes ``dx = dy + LN_backward(sum_h ds_h @ K''_h)``
 (``ds_h = p_h * (dp_h - rowsum(p_h dp_h))``, ``dp_h = dy @ V'_h^T``) and the gradients of the folded tensors,
-``sum_n ds^T xhat``, ``sum_n ds``, ``sum_n p^T dy`` and ``sum_n dy``: a persistent grid of S programs per batch
-element, each adding its token tiles in order into its own fp32 slice of one partial buffer (relaxed atomics into a
-slice no other program touches: no contention, and every element sees one program's adds in a fixed order, so the
-result is deterministic), then one torch ``sum`` over the S slices. Only what autograd needs is computed
-(``ctx.needs_input_grad``): dx, the folded gradients, or both.
+``sum_n ds^T xhat``, ``sum_n ds``, ``sum_n p^T dy`` and ``sum_n dy``. Per tile and head, one chunk loop gives the
+scores and dp ([BLOCK_N, BLOCK_M]), a second adds the folded gradients; each ds_h goes to a small per-program
+scratch buffer, and a last chunk loop over the heads' ds gives dx (LN backward's row sums come from the
+[BLOCK_N, BLOCK_M] tiles: ``sum_c dxhat = ds_h . rowsum(K''_h)``, ``sum_c dxhat xhat = ds_h . (xhat @ K''_h^T)``).
+The grid is persistent, S programs per batch element, each adding its token tiles in order into its own fp32
+slice of one partial buffer (relaxed atomics into a slice no other program touches: no contention, and every
+element sees one program's adds in a fixed order, so the result is deterministic), then one torch ``sum`` over the
+S slices. Only what autograd needs is computed (``ctx.needs_input_grad``): dx, the folded gradients, or both.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import triton
 import triton.language as tl
 
 from ._compat import (
-    INTERPRET,
     UnsupportedInput,
     autotune_configs,
     check_tensors,
@@ -53,10 +56,8 @@ _PARTIAL_BYTES = 16 << 20  # cap on the backward's fp32 partial buffer (it shoul
 
 
 @triton.jit
-def _head_probs(xhat, kf, kb, DOT_PRECISION: tl.constexpr):
-    """Softmax over the keys of one head: xhat [BLOCK_N, BLOCK_C], kf [BLOCK_M, BLOCK_C] folded keys
-    (0 in padded rows), kb [BLOCK_M] folded score bias (-inf in padded rows). Returns p [BLOCK_N, BLOCK_M]."""
-    scores = tl.dot(xhat, tl.trans(kf), input_precision=DOT_PRECISION) + kb[None, :]
+def _softmax(scores):
+    """Row softmax of [BLOCK_N, BLOCK_M] scores (-inf in padded keys, which get 0)."""
     p = tl.exp(scores - tl.max(scores, axis=1)[:, None])
     return p / tl.sum(p, axis=1)[:, None]
 
@@ -65,6 +66,13 @@ def _head_probs(xhat, kf, kb, DOT_PRECISION: tl.constexpr):
 def _head_tile(ptr, b, h, stride_b, stride_h, offs, mask, other):
     """The tile at ``offs`` of head h, batch element b of a [B, H, M, ...] folded tensor (``other`` where masked)."""
     return tl.load(ptr + b * stride_b + h * stride_h + offs, mask=mask, other=other)
+
+
+@triton.jit
+def _kv_chunk(offs_m, mask_m, start, C, BLOCK_C: tl.constexpr):
+    """(mask, offsets) [BLOCK_M, BLOCK_C] of columns ``[start, start + BLOCK_C)`` of a head's [M, C] folded tile."""
+    cols = start + tl.arange(0, BLOCK_C)
+    return mask_m[:, None] & (cols < C)[None, :], offs_m[:, None] * C + cols[None, :]
 
 
 _FWD_CONFIGS = [
@@ -118,12 +126,47 @@ def _side_attention_fwd_kernel(
     for h in range(H):
         kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, mask_kv, 0.0)
         kb = _head_tile(KB, pid_b, h, stride_bb, stride_bh, offs_m, mask_m, float("-inf"))
-        p = _head_probs(xhat, kf, kb, DOT_PRECISION)
+        p = _softmax(tl.dot(xhat, tl.trans(kf), input_precision=DOT_PRECISION) + kb[None, :])
         vf = _head_tile(VF, pid_b, h, stride_vb, stride_vh, kv_offs, mask_kv, 0.0)
         acc += tl.dot(p, vf, input_precision=DOT_PRECISION)
 
     ob = tl.load(OB + pid_b * stride_ob + offs_c, mask=mask_c, other=0.0)
     tl.store(Y + tok, (x + acc + ob[None, :]).to(Y.dtype.element_ty), mask=mask_x)
+
+
+@triton.jit
+def _token_chunk(ptr, offs_n, mask_n, start, C, BLOCK_C: tl.constexpr):
+    """Columns ``[start, start + BLOCK_C)`` of the token rows ``offs_n`` of a [N, C] matrix as fp32
+    [BLOCK_N, BLOCK_C] (0 where masked); returns (tile, mask, offsets)."""
+    cols = start + tl.arange(0, BLOCK_C)
+    mask = mask_n[:, None] & (cols < C)[None, :]
+    offs = offs_n[:, None] * C + cols[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32), mask, offs
+
+
+@triton.jit
+def _xhat_chunk(X, offs_n, mask_n, start, C, mean, rstd, BLOCK_C: tl.constexpr):
+    """The un-affined LayerNorm of x's columns ``[start, start + BLOCK_C)``, [BLOCK_N, BLOCK_C] fp32, 0 where
+    masked."""
+    x, mask, _ = _token_chunk(X, offs_n, mask_n, start, C, BLOCK_C)
+    return tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+
+
+@triton.jit
+def _chunked_layer_norm_stats(X, offs_n, mask_n, C, eps, BLOCK_C: tl.constexpr):
+    """(mean, rstd) [BLOCK_N] of the token rows ``offs_n``, read in BLOCK_C-column chunks: the mean, then the
+    variance of the centered values (two passes, as ``layer_norm_tile``)."""
+    total = tl.zeros(offs_n.shape, dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        x, _, _ = _token_chunk(X, offs_n, mask_n, start, C, BLOCK_C)
+        total += tl.sum(x, axis=1)
+    mean = total / C
+    squares = tl.zeros(offs_n.shape, dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        x, mask, _ = _token_chunk(X, offs_n, mask_n, start, C, BLOCK_C)
+        centered = tl.where(mask, x - mean[:, None], 0.0)
+        squares += tl.sum(centered * centered, axis=1)
+    return mean, tl.rsqrt(squares / C + eps)
 
 
 @triton.jit
@@ -135,6 +178,8 @@ def _side_attention_bwd_kernel(
     PARTIAL,  # [S, 2HBMC + HBM + BC] fp32, zeroed; written only if FOLD_GRADS. Slice s holds program (s, b)'s
     # sums over its tokens, head-major: d_keys [H, B, M, C] (sum ds^T xhat), d_values [H, B, M, C] (sum p^T dy),
     # d_key_bias [H, B, M] (sum ds), d_out_bias [B, C] (sum dy)
+    DS,  # [S * B, H, BLOCK_N, BLOCK_M] fp32 scratch, program (s, b)'s ds of every head for its current token tile;
+    # used only if WRITE_DX
     N, C, M, H, S,  # tokens, width, keys, heads, programs per batch element
     stride_kb, stride_kh, stride_bb, stride_bh, stride_vb, stride_vh,
     eps,
@@ -144,61 +189,82 @@ def _side_attention_bwd_kernel(
     pid_s = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1)
-    offs_c = tl.arange(0, BLOCK_C)
     offs_m = tl.arange(0, BLOCK_M)
-    mask_c = offs_c < C
     mask_m = offs_m < M
-    mask_kv = mask_m[:, None] & mask_c[None, :]
-    kv_offs = offs_m[:, None] * C + offs_c[None, :]
     d_keys = PARTIAL + pid_s * (2 * H * B * M * C + H * B * M + B * C)  # this program's slice
     d_values = d_keys + H * B * M * C
     d_key_bias = d_values + H * B * M * C
     d_out_bias = d_key_bias + H * B * M
+    ds_scratch = DS + (pid_s * B + pid_b) * H * BLOCK_N * BLOCK_M
+    ds_offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
 
     X += pid_b * N * C
     DY += pid_b * N * C
     DX += pid_b * N * C
-    dob = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_s, tl.cdiv(N, BLOCK_N), S):
         offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        mask_x = mask_n[:, None] & mask_c[None, :]
-        tok = offs_n[:, None] * C + offs_c[None, :]  # int32 offsets from this batch element's rows
-        x = tl.load(X + tok, mask=mask_x, other=0.0).to(tl.float32)
-        dy = tl.load(DY + tok, mask=mask_x, other=0.0).to(tl.float32)
-        _, rstd, xhat = layer_norm_tile(x, mask_x, C, eps)
-        dob += tl.sum(dy, axis=0)
-
-        dxhat = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+        mean, rstd = _chunked_layer_norm_stats(X, offs_n, mask_n, C, eps, BLOCK_C)
+        if FOLD_GRADS:
+            for start in range(0, C, BLOCK_C):
+                dy, _, _ = _token_chunk(DY, offs_n, mask_n, start, C, BLOCK_C)
+                cols = start + tl.arange(0, BLOCK_C)
+                tl.atomic_add(d_out_bias + pid_b * C + cols, tl.sum(dy, axis=0), mask=cols < C, sem="relaxed")
+        # LayerNorm backward's row sums of dxhat = sum_h ds_h @ K''_h and of dxhat * xhat, from [BLOCK_N, BLOCK_M]
+        # tiles: sum_c dxhat = sum_h ds_h . rowsum(K''_h), sum_c dxhat * xhat = sum_h ds_h . (xhat @ K''_h^T).
+        sum_dxhat = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        sum_dxhat_xhat = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if WRITE_DX:
+            tl.debug_barrier()  # every thread has read the previous tile's ds from the scratch
         for h in range(H):
-            # Each [BLOCK_M, BLOCK_C] tile (keys, values, their gradients) is loaded or made just before its use and
-            # dies right after it, so few are live at once (registers are what limits wide rows).
-            kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, mask_kv, 0.0)
+            # Scores and dp = dy @ V'_h^T over C in chunks; the chunks' [BLOCK_N, BLOCK_C] tiles die in the loop.
+            xhat_keys = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # xhat @ K''_h^T
+            dp = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            key_sums = tl.zeros((BLOCK_M,), dtype=tl.float32)  # rowsum(K''_h)
+            for start in range(0, C, BLOCK_C):
+                kv_mask, kv_offs = _kv_chunk(offs_m, mask_m, start, C, BLOCK_C)
+                kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, kv_mask, 0.0)
+                xhat = _xhat_chunk(X, offs_n, mask_n, start, C, mean, rstd, BLOCK_C)
+                xhat_keys += tl.dot(xhat, tl.trans(kf), input_precision=DOT_PRECISION)
+                key_sums += tl.sum(kf, axis=1)
+                vf = _head_tile(VF, pid_b, h, stride_vb, stride_vh, kv_offs, kv_mask, 0.0)
+                dy, _, _ = _token_chunk(DY, offs_n, mask_n, start, C, BLOCK_C)
+                dp += tl.dot(dy, tl.trans(vf), input_precision=DOT_PRECISION)
             kb = _head_tile(KB, pid_b, h, stride_bb, stride_bh, offs_m, mask_m, float("-inf"))
-            p = tl.where(mask_n[:, None], _head_probs(xhat, kf, kb, DOT_PRECISION), 0.0)
-            vf = _head_tile(VF, pid_b, h, stride_vb, stride_vh, kv_offs, mask_kv, 0.0)
-            dp = tl.dot(dy, tl.trans(vf), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            p = tl.where(mask_n[:, None], _softmax(xhat_keys + kb[None, :]), 0.0)
             ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])  # softmax backward; 0 in padded keys/tokens
-            head = h * B + pid_b
             if FOLD_GRADS:
-                dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
-                tl.atomic_add(d_values + head * M * C + kv_offs, dvf, mask=mask_kv, sem="relaxed")
-            if WRITE_DX:
-                dxhat += tl.dot(ds, kf, input_precision=DOT_PRECISION)
-            if FOLD_GRADS:
-                dkf = tl.dot(tl.trans(ds), xhat, input_precision=DOT_PRECISION)
-                tl.atomic_add(d_keys + head * M * C + kv_offs, dkf, mask=mask_kv, sem="relaxed")
+                head = h * B + pid_b
+                for start in range(0, C, BLOCK_C):
+                    kv_mask, kv_offs = _kv_chunk(offs_m, mask_m, start, C, BLOCK_C)
+                    dy, _, _ = _token_chunk(DY, offs_n, mask_n, start, C, BLOCK_C)
+                    dvf = tl.dot(tl.trans(p), dy, input_precision=DOT_PRECISION)
+                    tl.atomic_add(d_values + head * M * C + kv_offs, dvf, mask=kv_mask, sem="relaxed")
+                    xhat = _xhat_chunk(X, offs_n, mask_n, start, C, mean, rstd, BLOCK_C)
+                    dkf = tl.dot(tl.trans(ds), xhat, input_precision=DOT_PRECISION)
+                    tl.atomic_add(d_keys + head * M * C + kv_offs, dkf, mask=kv_mask, sem="relaxed")
                 tl.atomic_add(d_key_bias + head * M + offs_m, tl.sum(ds, axis=0), mask=mask_m, sem="relaxed")
+            if WRITE_DX:
+                sum_dxhat += tl.sum(ds * key_sums[None, :], axis=1)
+                sum_dxhat_xhat += tl.sum(ds * xhat_keys, axis=1)
+                tl.store(ds_scratch + h * BLOCK_N * BLOCK_M + ds_offs, ds)
 
         if WRITE_DX:
-            # LayerNorm backward (no affine: LN1's weight/bias live in the folded keys).
-            mean_dxhat = tl.sum(dxhat, axis=1) / C
-            mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / C
-            dx = dy + rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
-            tl.store(DX + tok, dx.to(DX.dtype.element_ty), mask=mask_x)
-
-    if FOLD_GRADS:
-        tl.store(d_out_bias + pid_b * C + offs_c, dob, mask=mask_c)
+            # dx = dy + LN_backward(dxhat) (no affine: LN1's weight/bias live in the folded keys), chunk by chunk.
+            tl.debug_barrier()  # every thread's ds is in the scratch
+            mean_dxhat = sum_dxhat / C
+            mean_dxhat_xhat = sum_dxhat_xhat / C
+            for start in range(0, C, BLOCK_C):
+                kv_mask, kv_offs = _kv_chunk(offs_m, mask_m, start, C, BLOCK_C)
+                dxhat = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+                for h in range(H):
+                    ds = tl.load(ds_scratch + h * BLOCK_N * BLOCK_M + ds_offs)
+                    kf = _head_tile(KF, pid_b, h, stride_kb, stride_kh, kv_offs, kv_mask, 0.0)
+                    dxhat += tl.dot(ds, kf, input_precision=DOT_PRECISION)
+                xhat = _xhat_chunk(X, offs_n, mask_n, start, C, mean, rstd, BLOCK_C)
+                dy, mask, offs = _token_chunk(DY, offs_n, mask_n, start, C, BLOCK_C)
+                dx = dy + rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
+                tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
 class AttentionParams(NamedTuple):
@@ -333,14 +399,12 @@ def side_attention_fwd(x, keys, key_bias, values, out_bias, eps=1e-6) -> torch.T
     return y
 
 
-def _bwd_block_sizes(width: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_C, num_warps): the [BLOCK_N, BLOCK_C] fp32 tiles (dy, xhat, dxhat, key/value and gradient
-    tiles) at 8 values per thread (measured for sm_90: larger ones spill), 16 to 64 tokens."""
-    block_c = triton.next_power_of_2(width)
-    block_n = max(16, min(64, 2048 // block_c))
-    if INTERPRET:  # the interpreter runs one numpy op per block: fewer, larger programs are faster
-        block_n = 64
-    return block_n, block_c, 8
+def _bwd_launch_sizes(width: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_C, num_warps, num_stages) of the backward: 64-token tiles read in 32-column chunks (narrower
+    rows are padded to 16 or 32, wider ones loop over chunks), no software pipelining of the chunk loops. Measured
+    for sm_90 (tests/kernels/compile_sm90.py), fp32 and bf16, at every HST width: at most 226 registers, no spills;
+    64-column chunks, 4 warps or pipelined loops spilled at some width."""
+    return 64, min(max(16, triton.next_power_of_2(width)), 32), 8, 1
 
 
 def side_attention_bwd(
@@ -356,7 +420,7 @@ def side_attention_bwd(
     grad_out = grad_out.contiguous()
     batch, num_tokens, width = x.shape
     num_heads, num_keys = keys.shape[1], keys.shape[2]
-    block_n, block_c, num_warps = _bwd_block_sizes(width)
+    block_n, block_c, num_warps, num_stages = _bwd_launch_sizes(width)
     num_tiles = triton.cdiv(num_tokens, block_n)
     slice_size = 2 * num_heads * batch * num_keys * width + num_heads * batch * num_keys + batch * width
     if num_splits is None:
@@ -365,13 +429,15 @@ def side_attention_bwd(
 
     grad_x = torch.empty_like(x) if dx else None
     partial = torch.zeros(num_splits, slice_size, device=x.device, dtype=torch.float32) if fold_grads else None
+    ds_scratch = torch.empty(num_splits * batch, num_heads, block_n, MAX_KEYS, device=x.device) if dx else None
     if num_tokens > 0:
         _side_attention_bwd_kernel[(num_splits, batch)](
             x, grad_out, keys, key_bias, values, x if grad_x is None else grad_x, x if partial is None else partial,
+            x if ds_scratch is None else ds_scratch,
             num_tokens, width, num_keys, num_heads, num_splits, *_head_strides(keys, key_bias, values), eps,
             WRITE_DX=dx, FOLD_GRADS=fold_grads,
             BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_M=MAX_KEYS, DOT_PRECISION=dot_precision(x.dtype),
-            num_warps=num_warps,
+            num_warps=num_warps, num_stages=num_stages,
         )  # fmt: skip
     if partial is None:
         return grad_x, None, None, None, None

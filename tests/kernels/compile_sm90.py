@@ -9,7 +9,7 @@ Run by ``test_compile_sm90.py`` in a fresh interpreter with ``TRITON_INTERPRET``
 A case is one kernel at one input dtype (fp32, bf16) and one HST width: the side widths of the classification
 (32, 48, 64, 72) and detection (64, 128, 256, 384) configs, and ViT-B's 768 for ``layer_norm``. Each case compiles
 every config the launcher can run: for autotuned kernels every config their ``early_config_prune`` keeps for that
-width, otherwise the one the launcher's own helpers pick (``_block_sizes``, ``_bwd_block_sizes``, ``_launch_meta``,
+width, otherwise the one the launcher's own helpers pick (``_block_sizes``, ``_bwd_launch_sizes``, ``_launch_meta``,
 ``dot_precision``; fp32 dots ``'ieee'`` as under PyTorch's default ``allow_tf32=False``), with every optional
 output on (the training path: ``side_ffn`` with a drop-path scale, backward flags for dx and the weight grads).
 Arguments are specialised as a launch from PyTorch would be: pointers and integers divisible by 16 carry
@@ -149,11 +149,12 @@ def _specs(kernel: str, dtype: str, width: int):
             values.update(stride_ob=0, ROWS_BUCKET=ROWS)
             constexprs["BLOCK_C"] = triton.next_power_of_2(width)
             return side_attention._side_attention_fwd_kernel, sig, values, constexprs, None
-        block_n, block_c, num_warps = side_attention._bwd_block_sizes(width)
-        sig = {**ptrs("X DY", dtype), **folded, "DX": f"*{dtype}", "PARTIAL": "*fp32", **scalars, "S": "i32",
-               "eps": "fp32"}  # fmt: skip
+        block_n, block_c, num_warps, num_stages = side_attention._bwd_launch_sizes(width)
+        sig = {**ptrs("X DY", dtype), **folded, "DX": f"*{dtype}", **ptrs("PARTIAL DS", "fp32"), **scalars,
+               "S": "i32", "eps": "fp32"}  # fmt: skip
         constexprs.update(BLOCK_N=block_n, BLOCK_C=block_c, WRITE_DX=True, FOLD_GRADS=True)
-        return side_attention._side_attention_bwd_kernel, sig, {**values, "S": 16}, constexprs, {"num_warps": num_warps}
+        options = {"num_warps": num_warps, "num_stages": num_stages}
+        return side_attention._side_attention_bwd_kernel, sig, {**values, "S": 16}, constexprs, options
 
     in_h = in_w = 64  # ViT-B/16 at 1024x1024 to the detection stage 1 (stride 4)
     out_h = out_w = 256

@@ -48,11 +48,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "side_ffn_fwd-fp32-C384": f"{_ROWS_TOO_WIDE}: 4 values (FMA dots over C)",
     "side_ffn_bwd_dx-bf16-C384": f"{_ROWS_TOO_WIDE}: 18 values",
     "side_ffn_bwd_dw-bf16-C384": f"{_ROWS_TOO_WIDE}: 14 values",
-    "side_attention_bwd-fp32-C72": "16 tokens, 8 warps spill 2 values (unaligned rows, FMA dots over C)",
-    "side_attention_bwd-fp32-C256": "16 tokens of BLOCK_C = 256 rows, 8 warps spill 104 values (FMA dots over C)",
-    "side_attention_bwd-fp32-C384": f"{_ROWS_TOO_WIDE}: 282 values (FMA dots over C)",
-    "side_attention_bwd-bf16-C256": "16 tokens of BLOCK_C = 256 rows, 8 warps spill 2 values",
-    "side_attention_bwd-bf16-C384": f"{_ROWS_TOO_WIDE}: 150 values",
 }
 
 
