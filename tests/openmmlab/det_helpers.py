@@ -67,6 +67,26 @@ def tiny_cls_options(data_root: Path, max_epochs: int = 1, num_train: int = 16, 
     return options
 
 
+# Smaller than the segmentation demo's ViT-Ti, torch kernels (CPU).
+TINY_SEG_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3,
+                  "model.backbone.kernel_backend": "torch"}
+
+
+def tiny_seg_options(data_root: Path, max_iters: int, checkpoint_interval: int = 20,
+                     log_interval: int = 10) -> Dict[str, object]:
+    """upernet_demo.py on 16 + 4 generated 64 px images, batch 4, no worker processes, the tiny ViT."""
+    root = str(data_root) + "/"
+    generator = dict(num_train=16, num_val=4, image_size=64, max_shapes=2, seed=0)
+    options = {"train_dataloader.batch_size": 4, "train_cfg.max_iters": max_iters, "train_cfg.val_interval": max_iters,
+               "default_hooks.checkpoint.interval": checkpoint_interval,
+               "default_hooks.logger.interval": log_interval, **TINY_SEG_MODEL}
+    for split in ("train", "val", "test"):
+        options.update({f"{split}_dataloader.num_workers": 0, f"{split}_dataloader.persistent_workers": False,
+                        f"{split}_dataloader.dataset.data_root": root,
+                        f"{split}_dataloader.dataset.generator": generator})
+    return options
+
+
 def latest_log(work_dir: Path) -> str:
     """The text of the newest run log under ``work_dir`` (``<work_dir>/<timestamp>/<timestamp>.log``)."""
     return sorted(work_dir.glob("*/*.log"))[-1].read_text()

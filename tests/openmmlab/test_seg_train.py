@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 pytest.importorskip("mmseg.apis", reason="mmsegmentation is not installed; `make install` installs it")
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 
-from det_helpers import CONFIGS, as_cli, one_torch_thread  # noqa: E402,F401
+from det_helpers import CONFIGS, as_cli, latest_log, one_torch_thread, tiny_seg_options  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 
 from hst_fast import test as test_driver  # noqa: E402
@@ -22,25 +21,6 @@ from hst_fast import train as train_driver  # noqa: E402
 from hst_fast.data import SEG_CLASSES  # noqa: E402
 
 DEMO = str(CONFIGS / "upernet_demo.py")
-# Smaller than the demo's ViT-Ti, torch kernels (CPU).
-TINY_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3, "model.backbone.kernel_backend": "torch"}
-
-
-def tiny_seg_options(data_root: Path, max_iters: int) -> dict:
-    """upernet_demo.py on 16 + 4 generated 64 px images, batch 4, no worker processes."""
-    root = str(data_root) + "/"
-    generator = dict(num_train=16, num_val=4, image_size=64, max_shapes=2, seed=0)
-    options = {"train_dataloader.batch_size": 4, "train_cfg.max_iters": max_iters, "train_cfg.val_interval": max_iters,
-               "default_hooks.checkpoint.interval": 20, "default_hooks.logger.interval": 10, **TINY_MODEL}
-    for split in ("train", "val", "test"):
-        options.update({f"{split}_dataloader.num_workers": 0, f"{split}_dataloader.persistent_workers": False,
-                        f"{split}_dataloader.dataset.data_root": root,
-                        f"{split}_dataloader.dataset.generator": generator})
-    return options
-
-
-def latest_log(work_dir: Path) -> str:
-    return sorted(work_dir.glob("*/*.log"))[-1].read_text()
 
 
 def val_miou(log: str) -> float:
