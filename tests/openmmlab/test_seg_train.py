@@ -3,7 +3,10 @@ evaluates and draws; mmseg's own MMSegInferencer and init_model / inference_mode
 and configs/upernet.py without ADE20K stops at once."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -146,3 +149,19 @@ def test_upernet_without_ade20k_stops_at_once(tmp_path, monkeypatch, capsys):
                      "test_dataloader.dataset.data_root=DIR", "configs/upernet_demo.py"):
         assert expected in message, message
     assert time.perf_counter() - start < 30 and not (tmp_path / "work").exists()  # nothing was built
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    """torchrun --nproc_per_node 2 ... --launcher pytorch on CPU: 2 iterations under DDP (gloo) with the heads'
+    BatchNorms synchronized across the ranks (``sync_bn='torch'``), then mIoU over results gathered from both."""
+    options = tiny_seg_options(tmp_path / "shapes", max_iters=2, checkpoint_interval=2, log_interval=1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+               "-m", "hst_fast.train", DEMO, "--launcher", "pytorch", "--work-dir", str(tmp_path / "work"),
+               *as_cli(options)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=CONFIGS.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = latest_log(tmp_path / "work")
+    assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
+    assert re.search(r"Iter\(train\) \[2/2\]", log) and "mIoU:" in log, log[-2000:]
+    assert (tmp_path / "work" / "iter_2.pth").is_file()
