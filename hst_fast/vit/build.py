@@ -13,11 +13,13 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
-from timm.models import load_pretrained
+from timm.models import load_pretrained, load_state_dict
 
 from hst_fast.vit.families import ViTFamily, describe_checkpoint, family_for_model, family_of
 
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".npz", ".safetensors")
+# What a pretrained file of each suffix must be, for the error when it cannot be read.
+PRETRAINED_FORMATS = {".npz": ".npz archive", ".safetensors": ".safetensors file"}  # others: torch.save files
 
 
 def build_vit(
@@ -50,14 +52,17 @@ def _create_kwargs(family: ViTFamily, timm_kwargs: Dict[str, Any]) -> Dict[str, 
 
 
 def load_local_pretrained(vit: nn.Module, path: str, vit_name: Optional[str] = None) -> None:
-    """Loads a local ViT checkpoint through timm's ``load_pretrained`` (file override, no hub), converting it
-    with the family's timm ``checkpoint_filter_fn`` as timm does (DINOv2, EVA, SAM, CLIP originals...).
+    """Loads a local ViT checkpoint through timm's ``load_pretrained`` (state-dict or file override, no hub),
+    converting it with the family's timm ``checkpoint_filter_fn`` as timm does (DINOv2, EVA, SAM, CLIP originals...).
 
     The classifier head is dropped (HST has its own); any other missing, unexpected or mis-shaped
     tensor is an error naming the file, what it holds, and the model. ``.npz`` files are JAX/Flax checkpoints
     (the released code's ``ViT-B_16.npz``, ``VisionTransformer`` only), read by timm's npz loader, which copies
     tensor by tensor: their block count is checked first, since that loader would silently skip a checkpoint's
     extra blocks.
+
+    A file that cannot be read (truncated, damaged, not a checkpoint) is a ``ValueError`` naming the file and its
+    expected format, raised from the reader's error, before anything is loaded.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -74,8 +79,11 @@ def load_local_pretrained(vit: nn.Module, path: str, vit_name: Optional[str] = N
         depth = _npz_block_count(path)
         if depth is not None and depth != len(vit.blocks):
             raise KeyError(f"pretrained checkpoint {path} has {depth} ViT blocks; the model is {model_desc}")
+        state_dict = None  # timm's .npz loader reads the file itself (custom_load)
+    else:
+        state_dict = _read_state_dict(path)  # read here: an unreadable file is not reported as a mismatch
     cfg = dict(vit.pretrained_cfg)
-    cfg.update(file=path, source="", state_dict=None, hf_hub_id=None, url="", custom_load=path.endswith(".npz"))
+    cfg.update(file=path, source="", state_dict=state_dict, hf_hub_id=None, url="", custom_load=path.endswith(".npz"))
     mismatch, held = {}, {}
 
     def convert(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -102,17 +110,36 @@ def load_local_pretrained(vit: nn.Module, path: str, vit_name: Optional[str] = N
         raise KeyError(f"{problem()}: missing keys {mismatch['missing']}, unexpected keys {mismatch['unexpected']}")
 
 
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` or ``.safetensors`` checkpoint, read as timm's ``load_pretrained`` reads
+    them (its EMA, ``state_dict`` or ``model`` entry; ``module.`` prefixes dropped); ``ValueError`` if unreadable."""
+    try:
+        return load_state_dict(path)
+    except Exception as err:  # torch, pickle, zip and safetensors errors share no base class
+        raise _unreadable(path, err) from err
+
+
 def _npz_block_count(path: str) -> Optional[int]:
     """Encoder blocks in a JAX/Flax ViT ``.npz``: per-block (``encoderblock_<i>/``) or stacked
-    (``encoderblock/``, leading axis) layout; None when it names no blocks (timm then says what is wrong)."""
+    (``encoderblock/``, leading axis) layout; None when it names no blocks (timm then says what is wrong).
+
+    Reads every array (one at a time), so that a truncated or damaged archive is a ``ValueError`` here rather than
+    whatever numpy or zipfile raise at the first bad array timm's loader, which takes only a path, reads again.
+    """
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"pretrained checkpoint {path} is not a readable .npz archive: {err}") from err
-    with archive:
-        names = archive.files
-        stacked = [name for name in names if name.endswith("Transformer/encoderblock/LayerNorm_0/scale")]
-        if stacked:
-            return int(archive[stacked[0]].shape[0])
-    indices = {match.group(1) for match in map(re.compile(r"Transformer/encoderblock_(\d+)/").search, names) if match}
+        with np.load(path, allow_pickle=False) as archive:
+            shapes = {name: archive[name].shape for name in archive.files}
+    except Exception as err:  # zipfile, zlib, numpy's header parser: no common base class
+        raise _unreadable(path, err) from err
+    stacked = [shape for name, shape in shapes.items() if name.endswith("Transformer/encoderblock/LayerNorm_0/scale")]
+    if stacked:
+        return int(stacked[0][0])
+    indices = {match.group(1) for match in map(re.compile(r"Transformer/encoderblock_(\d+)/").search, shapes) if match}
     return len(indices) or None
+
+
+def _unreadable(path: str, err: Exception) -> ValueError:
+    """The error for a pretrained file its reader failed on (``err``, which may have no message)."""
+    expected = PRETRAINED_FORMATS.get(os.path.splitext(path)[1], "torch.save checkpoint")
+    return ValueError(f"pretrained checkpoint {path} is not a readable {expected} (truncated or not a checkpoint?): "
+                      f"{str(err) or type(err).__name__}")
