@@ -41,6 +41,7 @@ INPUT_CHECKS = {
     "hst_fast.hst.config": (ValueError,),
     "hst_fast.baselines.config": (ValueError,),
     "hst_fast.backend": (ValueError,),  # kernel_backend names
+    "hst_fast.factory": (ValueError,),  # options of another method (grad_checkpointing for a baseline)
     "hst_fast.data.vtab": (FileNotFoundError, ValueError),  # VTAB list files and the images they name
     "hst_fast.adapter": (FileNotFoundError,),
     # a config's `type=` naming nothing registered (KeyError), or keywords its class does not take (TypeError:

@@ -63,6 +63,8 @@ def test_user_errors_are_defined_by_type_and_by_the_check_that_raised_them():
         raised(lambda: MODELS.build(dict(type="HSTClasifier"))),  # a `type=` that names nothing registered
         raised(lambda: HOOKS.build(dict(type="AdapterCheckpointHook", out_dirr="x"))),  # a keyword it does not take
         raised(lambda: MODELS.build(dict(type="HSTClassifier", vit_name="vit_tiny_patch16_224", side_dim=8))),
+        # an HST-only option for a baseline
+        raised(lambda: hst_fast.create_model("vit_tiny_patch16_224", depth=1, method="lora", grad_checkpointing=True)),
         ConfigError("a config that cannot work"), AdapterError("an adapter for another model"),
     ]
     def failing_while_handling_a_user_error():
