@@ -46,6 +46,10 @@ _MAX_PARTIAL_ELEMENTS = 1 << 24
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)  # compiled kernels only read constexpr globals
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+# Row tiles this wide (BLOCK_C) that the forward and the dx kernel need after the hidden loop are read again there
+# (``_reread``) rather than held in registers through it: at C = 384 holding them spilled. Narrower ones are held: read
+# again, ptxas chose fewer registers and spilled at some small widths (fp32 forward at C = 32, dx at C = 48 and 64).
+_REREAD_BLOCK_C = tl.constexpr(512)
 
 
 def _configs(block_ms, block_hs) -> list:
@@ -72,7 +76,8 @@ _prune_rows = prune_by_registers(
     lambda m: ((m["BLOCK_M"] * m["BLOCK_C"], 16), (m["BLOCK_H"] * m["BLOCK_C"], 32), (m["BLOCK_M"] * m["BLOCK_H"], 8))
 )
 # The dw kernel: its two [BLOCK_H, BLOCK_C] fp32 weight-gradient accumulators, the [BLOCK_M, BLOCK_C] row tiles
-# and the hidden chunk.
+# and the hidden chunk. Fitted before dbranch moved after FC1's dot; since then bf16's (16, 32) and (32, 16) tiles of
+# 8 warps also compile clean at C = 256 and 384 (160 to 249 registers), not admitted until timed on a GPU.
 _prune_dw_registers = prune_by_registers(
     lambda m: ((m["BLOCK_H"] * m["BLOCK_C"], 16), (m["BLOCK_M"] * m["BLOCK_C"], 16), (m["BLOCK_M"] * m["BLOCK_H"], 8))
 )
@@ -109,6 +114,13 @@ def _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE: tl.constexpr):
     """The LayerNorm output ``x_hat * w + b`` as FC1's ``tl.dot`` operand: rounded to x's dtype like the reference's
     LN output, then cast to DOT_DTYPE; padded columns are exactly zero."""
     return (x_hat * norm_weight[None, :] + norm_bias[None, :]).to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+
+@triton.jit
+def _reread(ptr, offsets, mask):
+    """``ptr[offsets]`` as fp32 [BLOCK_M, BLOCK_C], 0 where masked, read a second time. evict_first, as this is the
+    last read; its policy, unlike the first read's, also keeps the compiler from merging the two (CSE)."""
+    return tl.load(ptr + offsets, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
 
 
 @triton.jit
@@ -168,8 +180,8 @@ def _side_ffn_fwd_kernel(
 
     fc2_bias = tl.load(fc2_bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     branch = _scale_rows(acc + fc2_bias[None, :], scale_ptr, rows, row_mask, N, HAS_SCALE)
-    # x is read again rather than held in registers through the hidden loop.
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if BLOCK_C >= _REREAD_BLOCK_C:
+        x = _reread(x_ptr, offsets, mask)
     tl.store(y_ptr + offsets, (x + branch).to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=row_mask)
     tl.store(rstd_ptr + rows, rstd, mask=row_mask)
@@ -235,11 +247,16 @@ def _side_ffn_bwd_dx_kernel(
             dpre = dpre.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
             dnormed = tl.dot(dpre, w1, dnormed, input_precision=PRECISION)
 
+        if BLOCK_C >= _REREAD_BLOCK_C:  # x_hat as saved_layer_norm_tile, whose read of x would merge with the first
+            mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+            x_hat = tl.where(mask, (_reread(x_ptr, offsets, mask) - mean[:, None]) * rstd[:, None], 0.0)
         dnorm_weight += tl.sum(dnormed * x_hat, axis=0)
         dnorm_bias += tl.sum(dnormed, axis=0)
         if DX:
             # LayerNorm backward: dx_hat = w * dnormed;
             # dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+            if BLOCK_C >= _REREAD_BLOCK_C:
+                dy = _reread(dy_ptr, offsets, mask)
             dx_hat = dnormed * norm_weight[None, :]
             mean_dx_hat = tl.sum(dx_hat, axis=1) / C
             mean_dx_hat_x_hat = tl.sum(dx_hat * x_hat, axis=1) / C
@@ -286,12 +303,13 @@ def _side_ffn_bwd_dw_kernel(
         rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
         _, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
         normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
+        pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
+        act, act_grad = _gelu_with_grad(pre)
+        # dbranch only now: the compiler computes it in both dot-operand layouts, whole rows per warp, and before
+        # FC1's dot these registers were live through it (at C = 384 that spilled).
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # zero on padded rows
         dbranch = _scale_rows(dy, scale_ptr, rows, row_mask, N, HAS_SCALE)
         dbranch = dbranch.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
-
-        pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
-        act, act_grad = _gelu_with_grad(pre)
         dpre = tl.dot(dbranch, w2, input_precision=PRECISION) * act_grad
         db1 += tl.sum(dpre, axis=0)
         dpre = dpre.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)

@@ -2,7 +2,8 @@
 
 Runs on CPU under Triton's interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``), so
 token counts stay small. Row counts (37, 50, 74, 197, 100) leave partial row tiles, widths 24..96
-(and 384) leave padded columns, and their hidden widths 4C leave partial hidden chunks.
+(and 384) leave padded columns, and their hidden widths 4C leave partial hidden chunks. C = 384 (fp32 and bf16) also
+takes the kernels' wide-row path, which reads x and dy again after the hidden loop (``_REREAD_BLOCK_C``).
 """
 
 import pytest
@@ -31,6 +32,7 @@ CASES = [
     ((2, 50, 96), torch.float32, True),
     ((100, 32), torch.float32, False),
     ((2, 9, 384), torch.float32, True),
+    ((2, 9, 384), torch.bfloat16, True),
     ((2, 50, 64), torch.bfloat16, True),
     ((1, 197, 72), torch.bfloat16, False),
     ((2, 37, 48), torch.bfloat16, True),
