@@ -17,10 +17,10 @@ of them compiles, spills nothing and fits the H100's 227 KiB of shared memory: t
 so the prune functions drop configs that would spill or not fit. ``compile_table.md`` beside this file holds the
 worst registers, spills and shared memory per kernel (``compile_sm90.py --table``).
 
-The 159 distinct compilations run in ``os.cpu_count()`` processes: about 75 s on 2 busy CPU cores with an empty
-Triton cache (``compile_table.md``), seconds on reruns (Triton's cache). Before the prune dropped the spilling
-configs it was 176 compilations and 510 s: spilling fp32 configs took up to 140 s each. Skipped, never failed, where
-the installed Triton has no CUDA backend or no ``ptxas``.
+The 151 distinct compilations run in ``os.cpu_count()`` processes: about 40 s on 2 CPU cores with an empty Triton
+cache (``compile_table.md``), seconds on reruns (Triton's cache). Spilling configs compile slowly (fp32 ones took up
+to 140 s each, 510 s in all before the prunes and the chunked ``side_attention`` backward removed them). Skipped,
+never failed, where the installed Triton has no CUDA backend or no ``ptxas``.
 """
 
 from __future__ import annotations
@@ -38,25 +38,6 @@ _HELPER = Path(__file__).with_name("compile_sm90.py")
 _spec = importlib.util.spec_from_file_location("compile_sm90", _HELPER)
 compile_sm90 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compile_sm90)
-
-# Case id -> why it fails. Known not to build cleanly for sm_90 (Triton 3.7.1's ptxas): the smallest tile the kernel
-# can use still spills (measured spilled 32-bit values per thread). They are fixed in the kernels, not here (then
-# remove the entry: strict xfail fails once they pass). All keep whole BLOCK_C rows per thread; at C = 256 / 384
-# (BLOCK_C 256 / 512) that takes C-chunked rows, and fp32's 'ieee' dots over C run on FMA units.
-_ROWS_TOO_WIDE = "the smallest tile (16 rows, 8 warps) of whole BLOCK_C = 512 rows spills"
-KNOWN_FAILURES: dict[str, str] = {
-    "side_ffn_fwd-fp32-C384": f"{_ROWS_TOO_WIDE}: 4 values (FMA dots over C)",
-    "side_ffn_bwd_dx-bf16-C384": f"{_ROWS_TOO_WIDE}: 18 values",
-    "side_ffn_bwd_dw-bf16-C384": f"{_ROWS_TOO_WIDE}: 14 values",
-}
-
-
-def _params():
-    for case in compile_sm90.CASES:
-        cid = compile_sm90.case_id(*case)
-        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[cid])] if cid in KNOWN_FAILURES else []
-        yield pytest.param(cid, id=cid, marks=marks)
-
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, dict]:
@@ -79,7 +60,7 @@ def compiled(tmp_path_factory) -> dict[str, dict]:
     return {result["id"]: result for result in json.loads(out.read_text())}
 
 
-@pytest.mark.parametrize("case", list(_params()))
+@pytest.mark.parametrize("case", [compile_sm90.case_id(*case) for case in compile_sm90.CASES])
 def test_compiles_for_sm90(compiled, case, record_property):
     result = compiled[case]
     for entry in result["compiled"]:
