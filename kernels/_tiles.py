@@ -47,12 +47,14 @@ def layer_norm_tile(x, mask, C, eps):
 
 
 @triton.jit
-def saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask):
-    """The backward's ``layer_norm_tile``: x_hat recomputed from the fp32 mean and rstd [M] the forward saved.
+def saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, EVICTION: tl.constexpr = ""):
+    """The backward's ``layer_norm_tile``: x_hat recomputed from the fp32 mean and rstd [M] the forward saved, x read
+    with ``tl.load``'s eviction policy EVICTION (a second read of the same x with another policy is not merged into
+    the first by the compiler).
 
     Returns (rstd [BLOCK_M], x_hat [BLOCK_M, BLOCK_C], 0 where masked).
     """
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(tl.float32)
     mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
     rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
     return rstd, tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)

@@ -247,9 +247,8 @@ def _side_ffn_bwd_dx_kernel(
             dpre = dpre.to(x_ptr.dtype.element_ty).to(DOT_DTYPE)
             dnormed = tl.dot(dpre, w1, dnormed, input_precision=PRECISION)
 
-        if BLOCK_C >= _REREAD_BLOCK_C:  # x_hat as saved_layer_norm_tile, whose read of x would merge with the first
-            mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
-            x_hat = tl.where(mask, (_reread(x_ptr, offsets, mask) - mean[:, None]) * rstd[:, None], 0.0)
+        if BLOCK_C >= _REREAD_BLOCK_C:
+            x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, "evict_first")[1]
         dnorm_weight += tl.sum(dnormed * x_hat, axis=0)
         dnorm_bias += tl.sum(dnormed, axis=0)
         if DX:
