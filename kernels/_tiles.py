@@ -47,10 +47,11 @@ def layer_norm_tile(x, mask, C, eps):
 
 
 @triton.jit
-def saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, EVICTION: tl.constexpr = ""):
+def saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, EVICTION: tl.constexpr):
     """The backward's ``layer_norm_tile``: x_hat recomputed from the fp32 mean and rstd [M] the forward saved, x read
-    with ``tl.load``'s eviction policy EVICTION (a second read of the same x with another policy is not merged into
-    the first by the compiler).
+    with ``tl.load``'s eviction policy EVICTION ("" for the default; a second read of the same x with another policy
+    is not merged into the first by the compiler). No default value: Triton 3.6 passes a jit helper's constexpr
+    defaults on as plain Python values, which ``tl.load`` rejects.
 
     Returns (rstd [BLOCK_M], x_hat [BLOCK_M, BLOCK_C], 0 where masked).
     """

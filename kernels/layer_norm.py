@@ -82,7 +82,7 @@ def _layer_norm_bwd_kernel(
 
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
         rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
-        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
+        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, "")
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if DX:
             weighted_dy = dy * weight[None, :]

@@ -218,7 +218,7 @@ def _side_ffn_bwd_dx_kernel(
 
     for tile in range(pid, tl.cdiv(M, BLOCK_M), num_programs):
         rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
-        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
+        rstd, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, "")
         normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         # padded rows and columns are zero, so they add nothing below
@@ -300,7 +300,7 @@ def _side_ffn_bwd_dw_kernel(
 
     for tile in range(split, tl.cdiv(M, BLOCK_M), num_splits):
         rows, row_mask, mask, offsets = row_tile(tile, M, C, cols, col_mask, BLOCK_M)
-        _, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask)
+        _, x_hat = saved_layer_norm_tile(x_ptr, mean_ptr, rstd_ptr, rows, row_mask, offsets, mask, "")
         normed = _normed(x_hat, norm_weight, norm_bias, x_ptr, DOT_DTYPE)
         pre = tl.dot(normed, tl.trans(w1), input_precision=PRECISION) + b1[None, :]
         act, act_grad = _gelu_with_grad(pre)
