@@ -5,16 +5,18 @@ PYTHON      := $(VENV)/bin/python
 PIP         := $(PYTHON) -m pip
 CONSTRAINTS := requirements/constraints.txt
 STAMP       := $(VENV)/.hst_fast-installed
+GPU_TRITON  := requirements/gpu-triton.txt
 
 .PHONY: install demo test bench lint
 install: $(STAMP)
 
-$(STAMP): setup.py $(CONSTRAINTS) scripts/build_mmcv.sh
+$(STAMP): setup.py $(CONSTRAINTS) $(GPU_TRITON) scripts/build_mmcv.sh
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PIP) install -q -c $(CONSTRAINTS) "setuptools>=77.0.3,<82" wheel
 	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
 	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]" mmengine
 	$(PIP) install -q -c $(CONSTRAINTS) "$$(scripts/build_mmcv.sh $(PYTHON))" mmdet mmsegmentation ftfy regex
+	$(PIP) install -q --no-deps --upgrade --target $(VENV)/triton-gpu -r $(GPU_TRITON)
 	$(PYTHON) -c "import torch, torchvision, timm, triton, mmcv, mmdet, mmseg.apis, hst_fast.kernels; from mmcv.ops import RoIAlign, nms"
 	touch $(STAMP)
 

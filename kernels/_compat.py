@@ -2,6 +2,12 @@
 
 Kernels import what they need from here instead of checking versions or the environment
 themselves. Feature detection only, never version strings.
+
+Differences between Triton 3.6 (torch 2.11's, the GPU machine's) and 3.7 (pinned) the kernels avoid rather than
+detect: a ``@triton.jit`` helper's constexpr parameter takes no default (3.6 passes it on as a plain value), and
+fp32 FMA tiles are chosen per kernel and width (``side_ffn._FMA_TILES``). Both are checked by compiling every kernel
+for sm_90 with both Tritons (``tests/kernels/test_compile_sm90.py``). Triton 3.6's interpreter needs numpy < 2.4
+(it converts 1-element arrays to loop bounds with ``int()``, which numpy 2.4 refuses); the pinned 3.7 has no limit.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._compat import (
+    INTERPRET,
     UnsupportedInput,
     autotune_configs,
     check_tensors,
@@ -83,22 +84,34 @@ _prune_dw_registers = prune_by_registers(
 )
 
 
-def _fma_backward_tiles(prune):
-    """``prune`` for a backward kernel; when fp32 dots run on FMA units ('ieee') it keeps one config, the first of
-    16 rows, at most 32 hidden units and 8 warps within the budgets. The backward's FMA dots hold whole BLOCK_C rows of
-    both operands per thread: every other fp32 tile spilled at some HST width (2 to 28 values), this one at none."""
+# fp32 'ieee' dots run on FMA units, whose operands are whole BLOCK_C rows per thread, and ptxas's register allocation
+# for them is erratic (a smaller tile can spill where a larger one does not, and Triton 3.6 and 3.7 differ): each
+# kernel runs one tile per BLOCK_C there, (BLOCK_M, BLOCK_H, num_warps), the one that compiled for sm_90 without
+# spills with both Tritons (tests/kernels/compile_sm90.py; budgets alone kept spilling ones).
+_FMA_TILES = {
+    "fwd": {16: (32, 32, 8), 32: (32, 32, 8), 64: (32, 32, 8), 128: (32, 32, 8), 256: (32, 32, 8), 512: (16, 16, 8)},
+    "dx": {16: (16, 32, 8), 32: (16, 32, 8), 64: (16, 16, 8), 128: (16, 32, 8), 256: (16, 32, 8), 512: (16, 16, 8)},
+    "dw": {16: (16, 32, 8), 32: (16, 32, 8), 64: (16, 16, 4), 128: (16, 16, 4), 256: (16, 16, 4), 512: (16, 16, 8)},
+}
+
+
+def _with_fma_tiles(kernel: str, prune):
+    """``prune`` for 16-bit and TF32 dots; with fp32 'ieee' dots, the kernel's ``_FMA_TILES`` config for BLOCK_C."""
 
     def pruned(configs, named_args, **kwargs):
         if kwargs["PRECISION"] != "ieee":
             return prune(configs, named_args, **kwargs)
-        small = [c for c in configs if c.kwargs["BLOCK_M"] == 16 and c.kwargs["BLOCK_H"] <= 32 and c.num_warps == 8]
-        return prune(small or configs, named_args, **kwargs)[:1]
+        if INTERPRET:  # it runs the first config only, and registers mean nothing there
+            return configs
+        tile = _FMA_TILES[kernel][kwargs["BLOCK_C"]]
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_H"], c.num_warps) == tile]
 
     return pruned
 
 
-_prune_dx = _fma_backward_tiles(_prune_rows)
-_prune_dw = _fma_backward_tiles(_prune_dw_registers)
+_prune_fwd = _with_fma_tiles("fwd", _prune_rows)
+_prune_dx = _with_fma_tiles("dx", _prune_rows)
+_prune_dw = _with_fma_tiles("dw", _prune_dw_registers)
 
 
 @triton.jit
@@ -132,7 +145,7 @@ def _scale_rows(t, scale_ptr, rows, row_mask, N, HAS_SCALE: tl.constexpr):
     return t
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_rows})
+@triton.autotune(configs=_ROW_CONFIGS, key=_TUNING_KEY, prune_configs_by={"early_config_prune": _prune_fwd})
 @triton.jit(do_not_specialize=["ROWS_BUCKET"])
 def _side_ffn_fwd_kernel(
     x_ptr,  # [M, C] input rows, M = B * N
