@@ -51,7 +51,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = [sys.executable, "-m", "hst_fast.train", str(CONFIGS / "cls_demo.py"), "--work-dir", str(tmp_path / "one"),
            *as_cli({**options, "train_dataloader.batch_size": 2 * BATCH})]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hst_fast.train", str(CONFIGS / "cls_demo.py"), "--launcher", "pytorch",
            "--work-dir", str(tmp_path / "two"), *as_cli({**options, "train_dataloader.batch_size": BATCH})]
     runs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,

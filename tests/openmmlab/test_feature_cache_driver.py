@@ -128,7 +128,7 @@ def test_two_processes_fill_and_read_one_cache(tmp_path):
     """torchrun --nproc_per_node 2 ... --launcher pytorch (gloo): 15 images, so the sampler pads the ranks with a
     repeated image that both may write at once; in epoch 2 each rank reads what either rank wrote."""
     opts = options(tmp_path / "shapes", tmp_path / "features", num_train=15, batch=4)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "hst_fast.train", CONFIG, "--launcher", "pytorch", "--work-dir", str(tmp_path / "work"),
                *as_cli(opts)]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -155,7 +155,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     """torchrun --nproc_per_node 2 ... --launcher pytorch on CPU: 2 iterations under DDP (gloo) with the heads'
     BatchNorms synchronized across the ranks (``sync_bn='torch'``), then mIoU over results gathered from both."""
     options = tiny_seg_options(tmp_path / "shapes", max_iters=2, checkpoint_interval=2, log_interval=1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "hst_fast.train", DEMO, "--launcher", "pytorch", "--work-dir", str(tmp_path / "work"),
                *as_cli(options)]
     env = dict(os.environ, OMP_NUM_THREADS="1")

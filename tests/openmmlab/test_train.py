@@ -108,7 +108,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     import sys
 
     options = {**tiny_det_options(tmp_path / "shapes", max_epochs=1), **TINY_DET_MODEL}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "hst_fast.train", str(CONFIGS / "cascade_demo.py"), "--launcher", "pytorch",
                "--work-dir", str(tmp_path / "work"), *as_cli(options)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
