@@ -1,7 +1,10 @@
 """Shared settings for the mmdet / mmengine tests: tiny variants of the demo configs via --cfg-options."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -44,7 +47,7 @@ def tiny_det_options(data_root: Path, max_epochs: int = 1, image_size: int = 64,
     }
 
 
-# Smaller than the demo's ViT-Ti (detection), torch kernels (CPU).
+# Smaller than the dense-prediction demos' ViT-Ti (detection, segmentation: the same backbone keys), torch kernels.
 TINY_DET_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3,
                   "model.backbone.kernel_backend": "torch"}
 
@@ -67,11 +70,6 @@ def tiny_cls_options(data_root: Path, max_epochs: int = 1, num_train: int = 16, 
     return options
 
 
-# Smaller than the segmentation demo's ViT-Ti, torch kernels (CPU).
-TINY_SEG_MODEL = {"model.backbone.embed_dim": 96, "model.backbone.num_heads": 3,
-                  "model.backbone.kernel_backend": "torch"}
-
-
 def tiny_seg_options(data_root: Path, max_iters: int, checkpoint_interval: int = 20,
                      log_interval: int = 10) -> Dict[str, object]:
     """upernet_demo.py on 16 + 4 generated 64 px images, batch 4, no worker processes, the tiny ViT."""
@@ -79,12 +77,25 @@ def tiny_seg_options(data_root: Path, max_iters: int, checkpoint_interval: int =
     generator = dict(num_train=16, num_val=4, image_size=64, max_shapes=2, seed=0)
     options = {"train_dataloader.batch_size": 4, "train_cfg.max_iters": max_iters, "train_cfg.val_interval": max_iters,
                "default_hooks.checkpoint.interval": checkpoint_interval,
-               "default_hooks.logger.interval": log_interval, **TINY_SEG_MODEL}
+               "default_hooks.logger.interval": log_interval, **TINY_DET_MODEL}
     for split in ("train", "val", "test"):
         options.update({f"{split}_dataloader.num_workers": 0, f"{split}_dataloader.persistent_workers": False,
                         f"{split}_dataloader.dataset.data_root": root,
                         f"{split}_dataloader.dataset.generator": generator})
     return options
+
+
+def train_with_torchrun(config: str, work_dir: Path, options: Dict[str, object]) -> str:
+    """``torchrun --standalone --nproc_per_node 2 -m hst_fast.train CONFIG --launcher pytorch`` on CPU (gloo), one
+    OpenMP thread per rank; asserts that it succeeded and returns its run log."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "hst_fast.train", config, "--launcher", "pytorch", "--work-dir", str(work_dir), *as_cli(options)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = latest_log(work_dir)
+    assert "Distributed training: True" in log
+    return log
 
 
 def latest_log(work_dir: Path) -> str:

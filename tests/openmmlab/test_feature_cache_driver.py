@@ -4,10 +4,7 @@ the same weights, resume and a 2-process DDP run reuse it, changed inputs are ne
 refused."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ import torch
 
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 
-from det_helpers import CONFIGS, as_cli, one_torch_thread  # noqa: E402,F401
+from det_helpers import CONFIGS, as_cli, one_torch_thread, train_with_torchrun  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 
 from hst_fast import test as test_driver  # noqa: E402
@@ -128,14 +125,7 @@ def test_two_processes_fill_and_read_one_cache(tmp_path):
     """torchrun --nproc_per_node 2 ... --launcher pytorch (gloo): 15 images, so the sampler pads the ranks with a
     repeated image that both may write at once; in epoch 2 each rank reads what either rank wrote."""
     opts = options(tmp_path / "shapes", tmp_path / "features", num_train=15, batch=4)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hst_fast.train", CONFIG, "--launcher", "pytorch", "--work-dir", str(tmp_path / "work"),
-               *as_cli(opts)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=CONFIGS.parent)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    log = sorted((tmp_path / "work").glob("*/*.log"))[-1].read_text()
-    assert "Distributed training: True" in log
+    log = train_with_torchrun(CONFIG, tmp_path / "work", opts)
     hits, misses = counts(log, "train epoch 1")
     assert hits + misses == 16 and misses >= 15  # 15 images + 1 repeated to fill the second rank
     assert counts(log, "train epoch 2") == (16, 0)

@@ -3,10 +3,7 @@ evaluates and draws; mmseg's own MMSegInferencer and init_model / inference_mode
 and configs/upernet.py without ADE20K stops at once."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +13,14 @@ import torch
 pytest.importorskip("mmseg.apis", reason="mmsegmentation is not installed; `make install` installs it")
 pytest.importorskip("mmdet.models", reason="mmdet (with mmcv ops) is not installed; `make install` builds it")
 
-from det_helpers import CONFIGS, as_cli, latest_log, one_torch_thread, tiny_seg_options  # noqa: E402,F401
+from det_helpers import (  # noqa: E402,F401  (one_torch_thread: an autouse fixture)
+    CONFIGS,
+    as_cli,
+    latest_log,
+    one_torch_thread,
+    tiny_seg_options,
+    train_with_torchrun,
+)
 from mmengine.config import Config  # noqa: E402
 
 from hst_fast import test as test_driver  # noqa: E402
@@ -155,13 +159,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     """torchrun --nproc_per_node 2 ... --launcher pytorch on CPU: 2 iterations under DDP (gloo) with the heads'
     BatchNorms synchronized across the ranks (``sync_bn='torch'``), then mIoU over results gathered from both."""
     options = tiny_seg_options(tmp_path / "shapes", max_iters=2, checkpoint_interval=2, log_interval=1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hst_fast.train", DEMO, "--launcher", "pytorch", "--work-dir", str(tmp_path / "work"),
-               *as_cli(options)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=CONFIGS.parent)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    log = latest_log(tmp_path / "work")
-    assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
+    log = train_with_torchrun(DEMO, tmp_path / "work", options)
+    assert "Distributed launcher: pytorch" in log
     assert re.search(r"Iter\(train\) \[2/2\]", log) and "mIoU:" in log, log[-2000:]
     assert (tmp_path / "work" / "iter_2.pth").is_file()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
@@ -19,6 +18,7 @@ from det_helpers import (  # noqa: E402,F401  (one_torch_thread: an autouse fixt
     logged_metric,
     one_torch_thread,
     tiny_det_options,
+    train_with_torchrun,
 )
 
 from hst_fast import test as test_driver  # noqa: E402
@@ -104,18 +104,9 @@ def test_test_driver_evaluates_and_draws(trained, tmp_path):
 def test_ddp_two_processes_gloo(tmp_path):
     """torchrun --nproc_per_node 2 ... --launcher pytorch on CPU: both ranks generate the data at once,
     train 2 iterations each under DDP (gloo) and evaluate with results gathered across ranks."""
-    import subprocess
-    import sys
-
     options = {**tiny_det_options(tmp_path / "shapes", max_epochs=1), **TINY_DET_MODEL}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "hst_fast.train", str(CONFIGS / "cascade_demo.py"), "--launcher", "pytorch",
-               "--work-dir", str(tmp_path / "work"), *as_cli(options)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=CONFIGS.parent)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    log = latest_log(tmp_path / "work")
-    assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
+    log = train_with_torchrun(str(CONFIGS / "cascade_demo.py"), tmp_path / "work", options)
+    assert "Distributed launcher: pytorch" in log
     assert re.search(r"Epoch\(train\) \[1\]\[2/2\]", log), log[-2000:]
     assert "coco/bbox_mAP" in log and (tmp_path / "work" / "epoch_1.pth").is_file()
 
